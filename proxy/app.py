@@ -1,0 +1,73 @@
+"""The application factory: collaborators are injected, or opened from settings at start-up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+
+from proxy import admin
+from proxy.errors import ClientRequestError
+from proxy.middleware import edge_middleware
+from proxy.proxy import CacheProxy
+from proxy.routes import RouteTable, load_route_table
+from proxy.settings import Settings
+from proxy.state import PROXY, ROUTES, SETTINGS, STATE, STORE, AppState
+from proxy.store.base import Store
+from proxy.store.factory import open_store, resolve_redis_url
+from proxy.upstream import UpstreamClient, create_session
+
+
+def create_app(
+    settings: Settings,
+    *,
+    routes: RouteTable | None = None,
+    store: Store | None = None,
+    session: aiohttp.ClientSession | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """Build the proxy application.
+
+    `store` and `session` are opened from `settings` at start-up when not given (and closed at
+    clean-up); tests pass their own. The route table is read now, so a bad file fails fast.
+    """
+    table = routes or load_route_table(
+        settings.routes_file, upstreams=settings.upstreams, default_ttl=settings.default_ttl
+    )
+    app = web.Application(middlewares=[edge_middleware(access_log=settings.access_log)])
+    app[SETTINGS] = settings
+    app[ROUTES] = table
+    app[STATE] = AppState()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        own_store = store is None
+        active_store = store if store is not None else open_store(await resolve_redis_url(settings), settings)
+        own_session = session is None
+        active_session = session if session is not None else create_session(settings)
+        app[STORE] = active_store
+        app[PROXY] = CacheProxy(
+            settings=settings, routes=table, store=active_store, client=UpstreamClient(active_session), clock=clock
+        )
+        yield
+        if own_session:
+            await active_session.close()
+        if own_store:
+            await active_store.close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_route("*", "/healthz", admin.only({"GET": admin.healthz}))
+    app.router.add_route("*", "/readyz", admin.only({"GET": admin.readyz}))
+    app.router.add_route("*", "/redis/health", admin.only({"GET": admin.redis_health}))
+    app.router.add_route("*", "/redis/clear", admin.only({"DELETE": admin.clear_all}))
+    app.router.add_route("*", "/redis/clear/{pattern:.+}", admin.only({"DELETE": admin.clear_pattern}))
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    return app
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    segments = request.path.split("/")
+    if "." in segments or ".." in segments:
+        raise ClientRequestError("the path must not contain . or .. segments")
+    return await request.app[PROXY].handle(request)

@@ -1,0 +1,238 @@
+"""A flight: one upstream fetch, running in its own task, shared by every request that joins it.
+
+The flight reads the upstream response into a buffer of chunks and wakes its readers as chunks
+arrive, so each reader (the request that started it, and any identical request that arrived
+while it ran) streams the response from its first byte at the upstream's pace. When the body is
+complete and storable, the flight writes the entry to the store itself: a client that hangs up
+never interrupts the fetch or the write (the upstream's money is already spent), and no Redis
+command is ever cancelled halfway.
+
+A response that may not be stored is not kept whole: chunks every reader has passed are dropped,
+the flight stops reading ahead of its slowest reader by more than `READ_AHEAD_BYTES`, and it
+stops altogether once no reader is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from multidict import CIMultiDictProxy
+
+from proxy.entry import Entry, encode_entry, kept_headers
+from proxy.errors import UpstreamError
+from proxy.policy import STORED_RESPONSE_HEADERS, body_refusal, complete_body_refusal, head_refusal
+from proxy.routes import Route
+from proxy.store.base import Store
+from proxy.upstream import UpstreamClient, UpstreamRequest, describe
+
+READ_AHEAD_BYTES = 1024 * 1024
+log = structlog.get_logger("proxy.flight")
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Status line and headers of the upstream response."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+
+
+class Flight:
+    def __init__(
+        self,
+        *,
+        route: Route,
+        request: UpstreamRequest,
+        client: UpstreamClient,
+        store: Store,
+        key: str | None,
+        ttl: int,
+        clock: Callable[[], float] = time.time,
+        on_finish: Callable[[Flight], None] | None = None,
+    ) -> None:
+        self.route = route
+        self.request = request
+        self.key = key
+        self.ttl = ttl
+        self.head: Head | None = None
+        self.error: UpstreamError | None = None
+        # Why the response will not be stored; None while it still may be.
+        self.refusal: str | None = None if key is not None else "not cacheable"
+        self.stored = False
+        self.upstream_ms: float | None = None
+        self._client = client
+        self._store = store
+        self._clock = clock
+        self._on_finish = on_finish
+        self._chunks: list[bytes] = []
+        self._base = 0  # global index of self._chunks[0]
+        self._buffered = 0
+        self._total = 0
+        self._readers: set[FlightReader] = set()
+        self._complete = False
+        self._finished = False
+        self._head_ready = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"flight {self.route.name}")
+
+    def join(self) -> FlightReader:
+        """A reader positioned at the first byte; close it when done."""
+        reader = FlightReader(self)
+        self._readers.add(reader)
+        return reader
+
+    async def _run(self) -> None:
+        body: bytes | None = None
+        try:
+            body = await self._fetch()
+        except Exception as exc:  # a bug must not leave readers waiting forever
+            log.exception("flight failed", route=self.route.name)
+            self.error = UpstreamError(f"upstream {self.request.upstream.name} failed: {describe(exc)}")
+        finally:
+            self._finished = True
+            self._head_ready.set()
+            self._notify()
+        try:
+            if body is not None and self.refusal is None:
+                await self._store_entry(body)
+        finally:
+            if self._on_finish is not None:
+                self._on_finish(self)
+
+    async def _fetch(self) -> bytes | None:
+        started = time.perf_counter()
+        try:
+            response = await self._client.send(self.request)
+        except UpstreamError as exc:
+            self.error = exc
+            self.refusal = self.refusal or "upstream error"
+            return None
+        async with response:
+            self.upstream_ms = (time.perf_counter() - started) * 1000
+            self.head = Head(response.status, response.headers)
+            if self.refusal is None:
+                self.refusal = head_refusal(self.route, response.status, response.headers)
+            self._head_ready.set()
+            try:
+                async for chunk in response.content.iter_any():
+                    self._append(chunk)
+                    if self.refusal is None:
+                        self.refusal = body_refusal(self.route, self._total)
+                    if self.refusal is not None:
+                        if not self._readers:
+                            response.close()
+                            self.error = UpstreamError("nobody is reading the response any more")
+                            return None
+                        await self._wait_for_readers()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                self.error = UpstreamError(f"upstream {self.request.upstream.name} broke off: {describe(exc)}")
+                self.refusal = "incomplete body"
+                return None
+        self._complete = True
+        if self.refusal is not None:
+            return None
+        return b"".join(self._chunks)
+
+    async def _store_entry(self, body: bytes) -> None:
+        assert self.head is not None
+        assert self.key is not None
+        self.refusal = complete_body_refusal(self.route, self.head.headers, body)
+        if self.refusal is not None:
+            return
+        entry = Entry(
+            status=self.head.status,
+            headers=kept_headers(self.head.headers.items(), STORED_RESPONSE_HEADERS),
+            body=body,
+            stored_at=self._clock(),
+            fresh_for=self.ttl,
+        )
+        await self._store.put(self.key, encode_entry(entry), entry.store_ttl)
+        self.stored = True
+
+    async def wait_head(self) -> Head:
+        await self._head_ready.wait()
+        if self.head is None:
+            assert self.error is not None
+            raise self.error
+        return self.head
+
+    def _append(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        self._total += len(chunk)
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _wait_for_readers(self) -> None:
+        self._trim()
+        while self._buffered > READ_AHEAD_BYTES and self._readers:
+            self._drained.clear()
+            await self._drained.wait()
+
+    def _trim(self) -> None:
+        """Drop chunks every reader has passed (only once the response is known not to be stored)."""
+        if self.refusal is None:
+            return
+        low = min((reader.position for reader in self._readers), default=self._base + len(self._chunks))
+        drop = low - self._base
+        if drop > 0:
+            self._buffered -= sum(len(chunk) for chunk in self._chunks[:drop])
+            del self._chunks[:drop]
+            self._base = low
+
+    def _reader_moved(self) -> None:
+        self._trim()
+        self._drained.set()
+
+
+class FlightReader:
+    """One consumer's position in a flight's chunks."""
+
+    def __init__(self, flight: Flight) -> None:
+        self.flight = flight
+        self.position = 0
+
+    def __aiter__(self) -> FlightReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        flight = self.flight
+        while True:
+            index = self.position - flight._base
+            if index < 0:  # joined after chunks were dropped: cannot replay from the start
+                raise UpstreamError("the shared response is no longer replayable")
+            if index < len(flight._chunks):
+                chunk = flight._chunks[index]
+                self.position += 1
+                if flight.refusal is not None:
+                    flight._reader_moved()
+                return chunk
+            if flight._finished:
+                if not flight._complete and flight.error is not None:
+                    raise flight.error
+                raise StopAsyncIteration
+            await flight._changed.wait()
+
+    def close(self) -> None:
+        self.flight._readers.discard(self)
+        self.flight._reader_moved()

@@ -1,0 +1,102 @@
+"""The HTTP edge: request id, one canonical log line per request, every error as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from proxy.constants import REQUEST_ID
+from proxy.errors import ClientRequestError, UpstreamError
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+log = structlog.get_logger("proxy.request")
+
+
+@dataclass(slots=True)
+class RequestLog:
+    """Fields the handlers fill in for the canonical log line."""
+
+    request_id: str
+    route: str | None = None
+    cache: str | None = None
+    key_digest: str | None = None
+    upstream_ms: float | None = None
+    error: str | None = None
+
+
+REQUEST_LOG = web.RequestKey("request_log", RequestLog)
+
+
+def request_log(request: web.Request) -> RequestLog:
+    return request[REQUEST_LOG]
+
+
+def json_error(status: int, message: str, request_id: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": message, "status": status, "request_id": request_id}
+    response = web.json_response(body, status=status, headers=headers)
+    return response
+
+
+def edge_middleware(*, access_log: bool) -> Any:
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        incoming = request.headers.get(REQUEST_ID, "")
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        record = RequestLog(request_id)
+        request[REQUEST_LOG] = record
+        started = time.perf_counter()
+        response: web.StreamResponse
+        try:
+            response = await handler(request)
+        except ClientRequestError as exc:
+            record.error = str(exc)
+            response = json_error(exc.status, str(exc), request_id, exc.headers)
+        except UpstreamError as exc:
+            record.error = str(exc)
+            response = json_error(exc.status, str(exc), request_id)
+        except web.HTTPException as exc:
+            record.error = exc.reason
+            headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+            response = json_error(exc.status, _http_message(exc), request_id, headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error", path=request.path)
+            record.error = "internal error"
+            response = json_error(500, "internal error in the proxy; see its log for this request id", request_id)
+        if not response.prepared:
+            response.headers[REQUEST_ID] = request_id
+        if access_log:
+            log.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                status=response.status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                route=record.route,
+                cache=record.cache,
+                upstream_ms=None if record.upstream_ms is None else round(record.upstream_ms, 3),
+                key_digest=record.key_digest,
+                error=record.error,
+            )
+        return response
+
+    return edge
+
+
+def _http_message(exc: web.HTTPException) -> str:
+    if exc.status == 405:
+        return f"method not allowed; allowed: {exc.headers.get('Allow', '')}"
+    if exc.status == 413:
+        return "request body is too large"
+    return exc.reason

@@ -1,0 +1,201 @@
+"""The orchestrator: the one module that knows routing, policy, keys, the store and the upstream.
+
+A request flows one way: route -> policy -> key -> store lookup -> (hit) stored answer, or
+(miss) a flight to the upstream that streams to the client while it is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from proxy.cache_key import build_key, key_input
+from proxy.constants import BYPASS, COALESCED, MISS, REFRESH
+from proxy.entry import Entry, decode_entry
+from proxy.errors import ClientRequestError, EntryDecodeError
+from proxy.flight import Flight
+from proxy.middleware import request_log
+from proxy.policy import request_directives, request_uses_cache
+from proxy.responses import entry_response, stream_response
+from proxy.routes import RouteMatch, RouteTable
+from proxy.settings import Settings
+from proxy.store.base import Store
+from proxy.upstream import UpstreamClient, UpstreamRequest, upstream_headers
+
+log = structlog.get_logger("proxy.cache")
+
+
+class CacheProxy:
+    """Serves routed requests from the store, or from the upstream through shared flights."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        routes: RouteTable,
+        store: Store,
+        client: UpstreamClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.store = store
+        self.client = client
+        self.clock = clock
+        self.flights: dict[str, Flight] = {}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        record = request_log(request)
+        # rel_url: for an absolute-URI target (`GET http://host/path`) only the path counts;
+        # the route, never the request, names the upstream.
+        raw_path = request.rel_url.raw_path
+        match = self.routes.match(request.method, raw_path)
+        if match is None:
+            raise ClientRequestError(
+                f"no route for {request.method} {request.path}: the proxy forwards only the paths of its route table",
+                status=404,
+            )
+        route = match.route
+        record.route = route.name
+        body = await read_body(request, self.settings.max_request_bytes)
+        upstream_request = self._upstream_request(request, match, raw_path, body)
+
+        if not request_uses_cache(route, request.method):
+            return await self._forward(request, match, upstream_request, key=None, outcome=BYPASS)
+        directives = request_directives(request.headers)
+        if directives.no_store:
+            return await self._forward(request, match, upstream_request, key=None, outcome=BYPASS)
+
+        key = build_key(
+            route,
+            match.template,
+            match.params,
+            key_input(
+                route=route,
+                method=request.method,
+                upstream_path=upstream_request.path,
+                query_string=upstream_request.query_string,
+                body=body,
+                headers=request.headers,
+            ),
+            prefix=self.settings.key_prefix,
+        )
+        record.key_digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+
+        if not directives.no_cache:
+            entry = await self._lookup(key)
+            now = self.clock()
+            acceptable_age = directives.max_age is None or (entry is not None and entry.age(now) <= directives.max_age)
+            if entry is not None and entry.is_fresh(now) and acceptable_age:
+                record.cache = "HIT"
+                return entry_response(entry, namespace=route.name, now=now, request_id=record.request_id)
+        if directives.only_if_cached:
+            raise ClientRequestError("not in the cache, and the request asked for only-if-cached", status=504)
+        if request.method == "HEAD":  # a HEAD answer has no body to store
+            return await self._forward(request, match, upstream_request, key=None, outcome=MISS)
+        return await self._forward(
+            request, match, upstream_request, key=key, outcome=REFRESH if directives.no_cache else MISS
+        )
+
+    async def _lookup(self, key: str) -> Entry | None:
+        raw = await self.store.get(key)
+        if raw is None:
+            return None
+        try:
+            return decode_entry(raw)
+        except EntryDecodeError as exc:
+            log.warning("dropping an entry that does not decode", error=str(exc))
+            await self.store.put(key, b"", 0.001)  # fail-open write: expire it at once
+            return None
+
+    async def _forward(
+        self,
+        request: web.Request,
+        match: RouteMatch,
+        upstream_request: UpstreamRequest,
+        *,
+        key: str | None,
+        outcome: str,
+    ) -> web.StreamResponse:
+        """Join the flight already fetching this key, or start one; stream its answer."""
+        record = request_log(request)
+        flight = self.flights.get(key) if key is not None else None
+        if flight is not None and flight.refusal is None:
+            outcome = COALESCED
+        else:
+            flight = self._start_flight(match, upstream_request, key)
+        reader = flight.join()
+        try:
+            head = await flight.wait_head()
+            if outcome == COALESCED and flight.refusal is not None:
+                # The leader's answer may not be stored, so it is not ours to reuse either.
+                reader.close()
+                flight = self._start_flight(match, upstream_request, key, shared=False)
+                reader = flight.join()
+                outcome = MISS
+                head = await flight.wait_head()
+        except BaseException:
+            reader.close()
+            raise
+        record.cache = outcome
+        record.upstream_ms = flight.upstream_ms
+        return await stream_response(
+            request, reader, head, outcome=outcome, namespace=match.route.name, request_id=record.request_id
+        )
+
+    def _start_flight(
+        self, match: RouteMatch, upstream_request: UpstreamRequest, key: str | None, *, shared: bool = True
+    ) -> Flight:
+        route = match.route
+        flight = Flight(
+            route=route,
+            request=upstream_request,
+            client=self.client,
+            store=self.store,
+            key=key,
+            ttl=route.ttl,
+            clock=self.clock,
+            on_finish=self._flight_finished if key is not None and shared else None,
+        )
+        if key is not None and shared:
+            self.flights[key] = flight
+        flight.start()
+        return flight
+
+    def _flight_finished(self, flight: Flight) -> None:
+        if flight.key is not None and self.flights.get(flight.key) is flight:
+            del self.flights[flight.key]
+
+    def _upstream_request(self, request: web.Request, match: RouteMatch, raw_path: str, body: bytes) -> UpstreamRequest:
+        route = match.route
+        upstream = self.settings.upstreams[route.upstream]
+        return UpstreamRequest(
+            upstream=upstream,
+            method=request.method,
+            path=route.upstream_path_for(raw_path, match.params),
+            query_string=request.rel_url.raw_query_string,
+            headers=upstream_headers(request.headers, upstream),
+            body=body,
+        )
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 before it is read whole when it exceeds `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ClientRequestError(
+            f"request body of {request.content_length} bytes is over the {limit}-byte limit", status=413
+        )
+    if not request.body_exists:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise ClientRequestError(f"request body is over the {limit}-byte limit", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)

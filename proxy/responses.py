@@ -1,0 +1,78 @@
+"""Writing cache outcomes to aiohttp responses: a stored entry, or a flight streamed as it arrives."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.constants import CACHE_STATUS, HIT, PRODUCT, REQUEST_ID, X_CACHE
+from proxy.entry import Entry
+from proxy.errors import UpstreamError
+from proxy.flight import FlightReader, Head
+from proxy.upstream import downstream_headers
+
+log = structlog.get_logger("proxy.responses")
+
+# RFC 9211 forward reasons for each X-Cache outcome that went upstream.
+_FORWARD_REASON = {"MISS": "uri-miss", "REFRESH": "request", "BYPASS": "bypass", "COALESCED": "uri-miss"}
+
+
+def cache_status(outcome: str, namespace: str, *, ttl: int | None = None, upstream_status: int | None = None) -> str:
+    """The RFC 9211 `Cache-Status` value, with the namespace as its `detail`."""
+    parts = [PRODUCT]
+    if outcome == HIT:
+        parts.append("hit")
+        if ttl is not None:
+            parts.append(f"ttl={ttl}")
+    else:
+        parts.append(f"fwd={_FORWARD_REASON.get(outcome, 'miss')}")
+        if upstream_status is not None:
+            parts.append(f"fwd-status={upstream_status}")
+        if outcome == "COALESCED":
+            parts.append("collapsed")
+    parts.append(f"detail={namespace}")
+    return "; ".join(parts)
+
+
+def entry_response(entry: Entry, *, namespace: str, now: float, request_id: str) -> web.Response:
+    """A hit: the stored status, headers and body byte for byte, plus the cache headers."""
+    headers = CIMultiDict(entry.headers)
+    headers[X_CACHE] = HIT
+    headers["Age"] = str(entry.age(now))
+    headers[CACHE_STATUS] = cache_status(HIT, namespace, ttl=entry.ttl_left(now))
+    headers[REQUEST_ID] = request_id
+    return web.Response(status=entry.status, body=entry.body, headers=headers)
+
+
+async def stream_response(
+    request: web.Request, reader: FlightReader, head: Head, *, outcome: str, namespace: str, request_id: str
+) -> web.StreamResponse:
+    """Send the upstream response to the client chunk by chunk, as the flight receives it.
+
+    If the upstream breaks off mid-body, the connection is closed without a proper end, so the
+    client sees a truncated response as an error rather than as a complete answer.
+    """
+    headers = downstream_headers(head.headers)
+    headers[X_CACHE] = outcome
+    headers[CACHE_STATUS] = cache_status(outcome, namespace, upstream_status=head.status)
+    headers[REQUEST_ID] = request_id
+    response = web.StreamResponse(status=head.status, headers=headers)
+    length = head.headers.get("Content-Length")
+    if length is not None and length.isdigit() and "Content-Encoding" not in head.headers:
+        response.content_length = int(length)
+    await response.prepare(request)
+    try:
+        async for chunk in reader:
+            await response.write(chunk)
+    except UpstreamError as exc:
+        log.warning("upstream response broke off; closing the client connection", error=str(exc))
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    except ConnectionError:
+        return response  # the client went away; the flight goes on without it
+    finally:
+        reader.close()
+    await response.write_eof()
+    return response

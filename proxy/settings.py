@@ -1,0 +1,252 @@
+"""Settings: one frozen dataclass built from an environment mapping by a pure function.
+
+Every variable is documented in the README's configuration reference. An invalid value raises
+`SettingsError` naming the variable; the CLI turns it into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from proxy.errors import SettingsError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# In a checkout `config/` sits beside the package; a wheel installs the file under share/.
+_CONFIG_CANDIDATES = (PACKAGE_DIR.parent / "config", Path(sys.prefix) / "share" / "artstory-proxy")
+
+REDIS_VARIABLES = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
+MEMORY_URL = "memory://"
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
+_UPSTREAM_ENV = re.compile(r"^PROXY_UPSTREAM_([A-Z0-9_]+)_URL$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mi": 1024**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3,
+}  # fmt: skip
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def default_routes_file() -> Path:
+    for directory in _CONFIG_CANDIDATES:
+        candidate = directory / "routes.toml"
+        if candidate.is_file():
+            return candidate
+    return _CONFIG_CANDIDATES[0] / "routes.toml"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A base URL the route table may refer to by name, with the key the proxy injects."""
+
+    name: str
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the proxy reads from its environment."""
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    # None: no Redis variable was set, so start-up probes localhost:6379 and falls back to memory.
+    redis_url: str | None = field(default=None, repr=False)
+    redis_timeout: float = 0.5
+    redis_max_connections: int = 64
+    memory_max_bytes: int = 64 * 1024**2
+    routes_file: Path = field(default_factory=default_routes_file)
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)
+    key_prefix: str = ""
+    default_ttl: int = 3600
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 120.0
+    upstream_max_connections: int = 256
+    max_request_bytes: int = 10 * 1024**2
+    admin_token: str | None = field(default=None, repr=False)
+    shutdown_grace: float = 25.0
+    log_level: str = "info"
+    log_format: str = "auto"
+    access_log: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from a mapping of environment variables (empty values count as unset)."""
+        values = {name: value for name, value in env.items() if value.strip() != ""}
+        reader = _Reader(values)
+        return cls(
+            host=values.get("PROXY_HOST", "0.0.0.0"),
+            port=reader.integer("PROXY_PORT", 8000, minimum=0, maximum=65535),
+            redis_url=_redis_url(values, reader),
+            redis_timeout=reader.seconds("PROXY_REDIS_TIMEOUT", 0.5),
+            redis_max_connections=reader.integer("PROXY_REDIS_MAX_CONNECTIONS", 64, minimum=1),
+            memory_max_bytes=reader.size("PROXY_MEMORY_MAX_BYTES", 64 * 1024**2),
+            routes_file=Path(values["PROXY_ROUTES"]) if "PROXY_ROUTES" in values else default_routes_file(),
+            upstreams=_upstreams(values),
+            key_prefix=_key_prefix(values.get("PROXY_KEY_PREFIX", "")),
+            default_ttl=reader.integer("PROXY_DEFAULT_TTL", 3600, minimum=1),
+            upstream_connect_timeout=reader.seconds("PROXY_UPSTREAM_CONNECT_TIMEOUT", 5.0),
+            upstream_read_timeout=reader.seconds("PROXY_UPSTREAM_READ_TIMEOUT", 120.0),
+            upstream_max_connections=reader.integer("PROXY_UPSTREAM_MAX_CONNECTIONS", 256, minimum=1),
+            max_request_bytes=reader.size("PROXY_MAX_REQUEST_BYTES", 10 * 1024**2),
+            admin_token=values.get("PROXY_ADMIN_TOKEN"),
+            shutdown_grace=reader.seconds("PROXY_SHUTDOWN_GRACE", 25.0),
+            log_level=reader.choice("PROXY_LOG_LEVEL", "info", LOG_LEVELS),
+            log_format=reader.choice("PROXY_LOG_FORMAT", "auto", LOG_FORMATS),
+            access_log=reader.boolean("PROXY_ACCESS_LOG", True),
+        )
+
+    @property
+    def redis_configured(self) -> bool:
+        return self.redis_url is not None
+
+
+class _Reader:
+    """Typed reads of optional variables, raising `SettingsError` with the variable's name."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+
+    def integer(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        raw = self._values.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise SettingsError(name, f"{raw!r} is not an integer") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise SettingsError(name, f"{value} is out of range: must be {bounds}")
+        return value
+
+    def seconds(self, name: str, default: float) -> float:
+        raw = self._values.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise SettingsError(name, f"{raw!r} is not a number of seconds") from None
+        if not value > 0 or value == float("inf"):
+            raise SettingsError(name, f"{raw!r} must be a positive number of seconds")
+        return value
+
+    def size(self, name: str, default: int) -> int:
+        raw = self._values.get(name)
+        if raw is None:
+            return default
+        try:
+            return parse_size(raw)
+        except ValueError as exc:
+            raise SettingsError(name, str(exc)) from None
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self._values.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise SettingsError(name, f"{raw!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self._values.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(name, f"{raw!r} is not a boolean (use true or false)")
+
+
+def parse_size(raw: str) -> int:
+    """`1048576`, `64MiB`, `10MB`, `512k` -> bytes."""
+    match = _SIZE.match(raw)
+    if not match:
+        raise ValueError(f"{raw!r} is not a size (examples: 1048576, 512KiB, 64MiB)")
+    number, unit = match.groups()
+    value = int(float(number) * _SIZE_UNITS[(unit or "").lower()])
+    if value <= 0:
+        raise ValueError(f"{raw!r} must be a positive size")
+    return value
+
+
+def _redis_url(values: Mapping[str, str], reader: _Reader) -> str | None:
+    if "REDIS_URL" in values:
+        url = values["REDIS_URL"].strip()
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in _REDIS_SCHEMES:
+            raise SettingsError(
+                "REDIS_URL",
+                f"scheme {scheme or '(none)'!r} is not supported: use redis://, rediss://, unix:// or memory://",
+            )
+        return MEMORY_URL if scheme == "memory" else url
+    if not any(name in values for name in REDIS_VARIABLES):
+        return None
+    host = values.get("REDIS_HOST", "localhost").strip()
+    if not host or any(ch in host for ch in "/@?# "):
+        raise SettingsError("REDIS_HOST", f"{host!r} is not a host name")
+    port = reader.integer("REDIS_PORT", 6379, minimum=1, maximum=65535)
+    db = reader.integer("REDIS_DB", 0, minimum=0)
+    password = values.get("REDIS_PASSWORD")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    netloc_host = f"[{host}]" if ":" in host else host
+    return f"redis://{auth}{netloc_host}:{port}/{db}"
+
+
+def _upstream_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(name, f"{raw!r} is not an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise SettingsError(name, f"{raw!r} must not have a query or fragment")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _upstreams(values: Mapping[str, str]) -> dict[str, Upstream]:
+    upstreams = {
+        "openai": Upstream(
+            "openai",
+            _upstream_url("OPENAI_BASE_URL", values.get("OPENAI_BASE_URL", "https://api.openai.com/v1")),
+            values.get("OPENAI_API_KEY"),
+        ),
+        "artwork": Upstream(
+            "artwork", _upstream_url("ARTWORK_API_URL", values.get("ARTWORK_API_URL", "http://localhost:8001"))
+        ),
+        "image": Upstream(
+            "image", _upstream_url("IMAGE_API_URL", values.get("IMAGE_API_URL", "http://localhost:8002"))
+        ),
+    }
+    for variable, raw in values.items():
+        match = _UPSTREAM_ENV.match(variable)
+        if match:
+            name = match.group(1).lower()
+            key = values.get(f"PROXY_UPSTREAM_{match.group(1)}_KEY")
+            upstreams[name] = Upstream(name, _upstream_url(variable, raw), key)
+    return upstreams
+
+
+def _key_prefix(raw: str) -> str:
+    if any(ch in raw for ch in "*?[]\\ \r\n\t") or not raw.isprintable():
+        raise SettingsError("PROXY_KEY_PREFIX", f"{raw!r} must not contain glob characters or whitespace")
+    return raw
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs: any password replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, parts.fragment))

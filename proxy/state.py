@@ -1,0 +1,26 @@
+"""Typed application keys: the collaborators `create_app` puts on the aiohttp application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.proxy import CacheProxy
+from proxy.routes import RouteTable
+from proxy.settings import Settings
+from proxy.store.base import Store
+
+
+@dataclass
+class AppState:
+    """Process-wide state the probes report."""
+
+    draining: bool = False
+
+
+SETTINGS = web.AppKey("settings", Settings)
+ROUTES = web.AppKey("routes", RouteTable)
+STORE = web.AppKey("store", Store)
+PROXY = web.AppKey("proxy", CacheProxy)
+STATE = web.AppKey("state", AppState)

@@ -1,0 +1,77 @@
+"""The store interface: what the proxy needs from Redis or the in-process memory store."""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What `ping()` reports: the round trip and what the server says about itself."""
+
+    backend: str
+    round_trip_ms: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(abc.ABC):
+    """Bytes under string keys with a TTL. Implementations raise `StoreError` on failure."""
+
+    backend: str = "abstract"
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """The stored value, or None when absent or expired."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        """Store `value` for `ttl` seconds, value and expiry in one step."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Remove one key; True when it existed."""
+
+    @abc.abstractmethod
+    async def delete_matching(self, pattern: str) -> int:
+        """Remove every key matching a Redis glob pattern, in batches; return how many."""
+
+    @abc.abstractmethod
+    async def ping(self) -> StoreInfo:
+        """Check the store answers; raise `StoreError` when it does not."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+        """Release connections."""
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """A Redis glob (`*`, `?`, `[...]`, backslash escapes) as an anchored regex."""
+    pieces: list[str] = []
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\" and index + 1 < len(pattern):
+            pieces.append(re.escape(pattern[index + 1]))
+            index += 2
+            continue
+        if char == "[":
+            end = pattern.find("]", index + 1)
+            if end > index + 1:
+                pieces.append(_bracket(pattern[index + 1 : end]))
+                index = end + 1
+                continue
+        pieces.append(".*" if char == "*" else "." if char == "?" else re.escape(char))
+        index += 1
+    return re.compile("".join(pieces), re.DOTALL)
+
+
+def _bracket(body: str) -> str:
+    negate = body.startswith("^") and len(body) > 1
+    if negate:
+        body = body[1:]
+    chars = [
+        "-" if char == "-" and 0 < position < len(body) - 1 else re.escape(char) for position, char in enumerate(body)
+    ]
+    return "[" + ("^" if negate else "") + "".join(chars) + "]"

@@ -1,0 +1,59 @@
+"""Choosing and opening the store from settings, including the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from proxy.settings import MEMORY_URL, Settings, redact_url
+from proxy.store.base import Store
+from proxy.store.failopen import FailOpenStore
+from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore
+
+LOCAL_REDIS_URL = "redis://localhost:6379/0"
+log = structlog.get_logger("proxy.store")
+
+
+async def local_redis_answers(host: str = "127.0.0.1", port: int = 6379, wait: float = 0.3) -> bool:
+    """True when something on host:port answers PING like a Redis server."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.readline(), wait)
+        # +PONG, or -NOAUTH when it wants a password: either way a Redis is there.
+        return reply.startswith((b"+PONG", b"-NOAUTH", b"-ERR"))
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+async def resolve_redis_url(settings: Settings) -> str:
+    """The configured URL; or, with no Redis variable set, local Redis if it answers, else memory."""
+    if settings.redis_url is not None:
+        return settings.redis_url
+    if await local_redis_answers():
+        log.info("no Redis variable set; using the Redis that answers on localhost:6379")
+        return LOCAL_REDIS_URL
+    log.warning(
+        "no Redis variable set and none answers on localhost:6379: using the embedded in-process store "
+        "(entries are lost on restart and not shared between replicas)"
+    )
+    return MEMORY_URL
+
+
+def open_store(url: str, settings: Settings) -> Store:
+    """The store for a resolved URL, wrapped so that its failures never fail a request."""
+    inner: Store
+    if url == MEMORY_URL:
+        inner = MemoryStore(settings.memory_max_bytes)
+    else:
+        inner = RedisStore.from_url(url, timeout=settings.redis_timeout, max_connections=settings.redis_max_connections)
+        log.info("using Redis", url=redact_url(url))
+    return FailOpenStore(inner)

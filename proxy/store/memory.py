@@ -1,0 +1,104 @@
+"""The embedded in-process store: an LRU dictionary bounded in bytes, with per-key expiry.
+
+Used when no Redis is configured or reachable at start, and as the fast store in unit tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import NamedTuple
+
+from proxy.store.base import Store, StoreInfo, glob_to_regex
+
+# Rough bookkeeping cost of one entry beyond its key and value (dict slot, tuple, objects).
+ENTRY_OVERHEAD_BYTES = 120
+
+
+class _Item(NamedTuple):
+    value: bytes
+    expires_at: float
+
+
+class MemoryStore(Store):
+    backend = "memory"
+
+    def __init__(self, max_bytes: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._items: OrderedDict[str, _Item] = OrderedDict()
+        self._bytes = 0
+        self.evictions = 0
+
+    @property
+    def used_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item.expires_at <= self._clock():
+            self._remove(key)
+            return None
+        self._items.move_to_end(key)
+        return item.value
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        size = _cost(key, value)
+        if key in self._items:
+            self._remove(key)
+        if size > self.max_bytes or ttl <= 0:
+            return
+        self._items[key] = _Item(value, self._clock() + ttl)
+        self._bytes += size
+        self._evict()
+
+    async def delete(self, key: str) -> bool:
+        if key in self._items:
+            self._remove(key)
+            return True
+        return False
+
+    async def delete_matching(self, pattern: str) -> int:
+        regex = glob_to_regex(pattern)
+        doomed = [key for key in self._items if regex.fullmatch(key)]
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
+    async def ping(self) -> StoreInfo:
+        now = self._clock()
+        for key in [key for key, item in self._items.items() if item.expires_at <= now]:
+            self._remove(key)
+        return StoreInfo(
+            backend=self.backend,
+            round_trip_ms=0.0,
+            details={
+                "used_memory": self._bytes,
+                "maxmemory": self.max_bytes,
+                "maxmemory_policy": "allkeys-lru",
+                "keys": len(self._items),
+                "evicted_keys": self.evictions,
+            },
+        )
+
+    def _remove(self, key: str) -> None:
+        item = self._items.pop(key)
+        self._bytes -= _cost(key, item.value)
+
+    def _evict(self) -> None:
+        now = self._clock()
+        while self._bytes > self.max_bytes and self._items:
+            key, item = next(iter(self._items.items()))
+            self._remove(key)
+            if item.expires_at > now:
+                self.evictions += 1
+
+
+def _cost(key: str, value: bytes) -> int:
+    return len(key) + len(value) + ENTRY_OVERHEAD_BYTES

@@ -1,0 +1,102 @@
+"""The Redis store: redis.asyncio (hiredis parser) over a bounded, blocking connection pool.
+
+Short socket timeouts bound every command; failures become `StoreError` and the fail-open
+wrapper (`failopen.py`) decides what the request does next. Redis-py's own retries are limited
+to one immediate retry on a broken connection (a restarted server), never on timeouts, so a
+dead Redis costs a request at most one timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from proxy.errors import StoreError
+from proxy.store.base import Store, StoreInfo
+
+SCAN_BATCH = 1000
+T = TypeVar("T")
+
+
+class RedisStore(Store):
+    backend = "redis"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float, max_connections: int) -> RedisStore:
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            client_name="artstory-proxy",
+        )
+        return cls(redis.Redis(connection_pool=pool))
+
+    async def get(self, key: str) -> bytes | None:
+        value = await _call(self.client.get(key))
+        return value if value is None or isinstance(value, bytes) else value.encode()
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        await _call(self.client.set(key, value, px=max(1, int(ttl * 1000))))
+
+    async def delete(self, key: str) -> bool:
+        removed: int = await _call(self.client.unlink(key))
+        return removed > 0
+
+    async def delete_matching(self, pattern: str) -> int:
+        """SCAN in batches and UNLINK each batch: Redis never blocks on a big keyspace."""
+        removed = 0
+        cursor: int = 0
+        while True:
+            cursor, keys = await _call(self.client.scan(cursor=cursor, match=pattern, count=SCAN_BATCH))
+            if keys:
+                removed += await _call(self.client.unlink(*keys))
+            if cursor == 0:
+                return removed
+
+    async def ping(self) -> StoreInfo:
+        started = time.perf_counter()
+        await _call(self.client.ping())
+        round_trip_ms = (time.perf_counter() - started) * 1000
+        info: dict[str, Any] = await _call(self.client.info())
+        return StoreInfo(
+            backend=self.backend,
+            round_trip_ms=round(round_trip_ms, 3),
+            details={
+                "redis_version": info.get("redis_version"),
+                "used_memory": info.get("used_memory"),
+                "used_memory_human": info.get("used_memory_human"),
+                "maxmemory": info.get("maxmemory"),
+                "maxmemory_policy": info.get("maxmemory_policy"),
+                "evicted_keys": info.get("evicted_keys"),
+            },
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def _call(awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except (RedisError, OSError) as exc:
+        raise StoreError(_describe(exc)) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if "Connection refused" in text or "Errno 111" in text:
+        return "Connection refused"
+    return text.splitlines()[0]
