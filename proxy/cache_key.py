@@ -28,6 +28,7 @@ CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
 _QUOTES = str.maketrans("", "", "'\"`\u2018\u2019\u201c\u201d\u00b4")
 _SEPARATORS = re.compile(r"[\W_]+", re.UNICODE)
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+_LONG_NUMBER = re.compile(rb"[0-9]{16,}")
 MAX_READABLE_PART = 160
 MAX_READABLE_QUERY = 256
 
@@ -126,12 +127,15 @@ def canonical_body(body: bytes, media_type: str) -> bytes:
     """JSON bodies with sorted keys and no whitespace; anything else as raw bytes, tagged apart."""
     if not body:
         return b"E"
-    if media_type == "application/json" or media_type.endswith("+json") or body[:1] in (b"{", b"["):
+    looks_json = media_type == "application/json" or media_type.endswith("+json") or body[:1] in (b"{", b"[")
+    # Numbers of 16 digits or more do not survive a float round trip: two different values could
+    # parse to the same canonical form. Such bodies hash as their exact bytes instead.
+    if looks_json and not _LONG_NUMBER.search(body):
         try:
             return b"J" + orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
         except (orjson.JSONDecodeError, TypeError):
             pass
-        try:  # integers beyond 64 bits, NaN: valid for Python's json, not for orjson
+        try:  # NaN and Infinity: valid for Python's json, not for orjson
             value = json.loads(body)
             return b"j" + json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
                 "utf-8", "surrogatepass"

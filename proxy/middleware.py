@@ -39,10 +39,29 @@ def request_log(request: web.Request) -> RequestLog:
     return request[REQUEST_LOG]
 
 
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    502: "upstream_error",
+    503: "unavailable_error",
+    504: "timeout_error",
+}
+
+
 def json_error(status: int, message: str, request_id: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"error": message, "status": status, "request_id": request_id}
-    response = web.json_response(body, status=status, headers=headers)
-    return response
+    """An error in the OpenAI shape (`error.message`), so the SDKs show the message as it is."""
+    body = {
+        "error": {"message": message, "type": _ERROR_TYPES.get(status, "proxy_error"), "code": status},
+        "status": status,
+        "request_id": request_id,
+    }
+    return web.json_response(body, status=status, headers=headers)
 
 
 def edge_middleware(*, access_log: bool) -> Any:

@@ -106,9 +106,7 @@ class FakeUpstream:
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
-                ],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
             },
             headers={"openai-model": model, "x-request-id": f"req_{self.total_calls}"},
@@ -158,9 +156,7 @@ class FakeUpstream:
     async def embeddings(self, request: web.Request) -> web.Response:
         payload = json.loads(await request.read())
         inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
-        data = [
-            {"object": "embedding", "index": i, "embedding": _vector(str(text))} for i, text in enumerate(inputs)
-        ]
+        data = [{"object": "embedding", "index": i, "embedding": _vector(str(text))} for i, text in enumerate(inputs)]
         return web.json_response(
             {
                 "object": "list",

@@ -8,6 +8,8 @@ dead Redis costs a request at most one timeout.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -16,12 +18,13 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from proxy.errors import StoreError
 from proxy.store.base import Store, StoreInfo
 
 SCAN_BATCH = 1000
+_ERRNO = re.compile(r"Err(?:or|no) (\d+)")
 T = TypeVar("T")
 
 
@@ -70,7 +73,12 @@ class RedisStore(Store):
         started = time.perf_counter()
         await _call(self.client.ping())
         round_trip_ms = (time.perf_counter() - started) * 1000
-        info: dict[str, Any] = await _call(self.client.info())
+        try:
+            info: dict[str, Any] = await _call(self.client.info())
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, ResponseError):
+                raise
+            info = {}  # INFO renamed or disabled (some managed services): PING alone says healthy
         return StoreInfo(
             backend=self.backend,
             round_trip_ms=round(round_trip_ms, 3),
@@ -85,7 +93,7 @@ class RedisStore(Store):
         )
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
 
 async def _call(awaitable: Awaitable[T]) -> T:
@@ -96,7 +104,9 @@ async def _call(awaitable: Awaitable[T]) -> T:
 
 
 def _describe(exc: BaseException) -> str:
+    """A short reason: `Connection refused`, `Timeout reading from socket`, ..."""
     text = str(exc).strip() or type(exc).__name__
-    if "Connection refused" in text or "Errno 111" in text:
-        return "Connection refused"
+    errno = _ERRNO.search(text)
+    if errno:
+        return os.strerror(int(errno.group(1)))
     return text.splitlines()[0]

@@ -1,0 +1,73 @@
+"""End to end: the official openai SDK, pointed at a running proxy process, gets hits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+from tests.processes import ProxyProcess
+
+pytestmark = pytest.mark.slow
+
+FAKE_KEY = "sk-e2e-secret-key-0123456789"
+
+
+@pytest.fixture
+async def running_proxy(upstream_url: str, tmp_path: Path) -> AsyncIterator[ProxyProcess]:
+    process = ProxyProcess(
+        {
+            "OPENAI_BASE_URL": upstream_url,
+            "ARTWORK_API_URL": upstream_url,
+            "IMAGE_API_URL": upstream_url,
+            "OPENAI_API_KEY": FAKE_KEY,
+            "REDIS_URL": "memory://",
+        },
+        tmp_path / "proxy.log",
+    )
+    await process.start()
+    yield process
+    assert await process.stop() == 0
+    assert FAKE_KEY not in process.output()
+
+
+async def test_the_same_chat_completion_twice_is_one_upstream_call(
+    running_proxy: ProxyProcess, fake: FakeUpstream
+) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{running_proxy.url}/v1", api_key="sk-client-key", max_retries=0)
+    messages = [{"role": "user", "content": "Tell me the story of The Starry Night"}]
+    first = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+    second = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+    assert first.headers["x-cache"] == "MISS"
+    assert second.headers["x-cache"] == "HIT"
+    first_completion, second_completion = first.parse(), second.parse()
+    assert second_completion.choices[0].message.content == first_completion.choices[0].message.content
+    assert "Starry Night" in (first_completion.choices[0].message.content or "")
+    assert second_completion.id == first_completion.id
+    assert fake.calls["/chat/completions"] == 1
+    await client.close()
+
+
+async def test_streamed_completion_twice_with_the_sdk(running_proxy: ProxyProcess, fake: FakeUpstream) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{running_proxy.url}/v1", api_key="sk-client-key", max_retries=0)
+    messages = [{"role": "user", "content": "Who painted Guernica?"}]
+    texts = []
+    for _ in range(2):
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)  # type: ignore[arg-type]
+        parts = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+        texts.append("".join(parts))
+    assert texts[0] == texts[1]
+    assert "Guernica" in texts[0]
+    assert fake.calls["/chat/completions"] == 1
+    await client.close()
+
+
+async def test_sdk_errors_surface_as_api_errors(running_proxy: ProxyProcess) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{running_proxy.url}/v1", api_key="sk-client-key", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.files.list()
+    assert "no route" in str(caught.value)
+    await client.close()
