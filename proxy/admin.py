@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from proxy.clearing import clear_patterns
+from proxy import operations
 from proxy.errors import ClientRequestError, StoreError
-from proxy.state import ROUTES, SETTINGS, STATE, STORE
+from proxy.metrics import exposition
+from proxy.state import COLLECTOR, ROUTES, SETTINGS, STATE, STATS_KEEPER, STORE
 
-HEALTH_TIMEOUT = 1.0
+METRICS_USAGE_MAX_AGE = 30.0
 log = structlog.get_logger("proxy.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,21 +70,23 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def redis_health(request: web.Request) -> web.Response:
     """The seed's `GET /redis/health`: 200 with the store's figures, or 503 naming the failure."""
-    store = request.app[STORE]
-    ping = asyncio.ensure_future(store.ping())
-    try:
-        # Shielded: a slow Redis command is never cancelled halfway; it ends on its own timeout.
-        info = await asyncio.wait_for(asyncio.shield(ping), HEALTH_TIMEOUT)
-    except (StoreError, TimeoutError) as exc:
-        ping.add_done_callback(_consume_result)
-        reason = str(exc) if isinstance(exc, StoreError) else f"no answer within {HEALTH_TIMEOUT:g} s"
-        return web.json_response(
-            {"status": "unhealthy", "store": store.backend, "error": f"Redis connection failed: {reason}"},
-            status=503,
-        )
-    return web.json_response(
-        {"status": "healthy", "store": info.backend, "ping_ms": info.round_trip_ms, **info.details}
-    )
+    healthy, body = await operations.health(request.app[STORE])
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def redis_stats(request: web.Request) -> web.Response:
+    """The seed's `GET /redis/stats`: this process's figures and every replica's, plus the store's."""
+    require_admin(request, loopback_without_token=False)
+    return web.json_response(await request.app[STATS_KEEPER].snapshot())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    require_admin(request, loopback_without_token=False)
+    with contextlib.suppress(StoreError):  # the gauges keep their last known values
+        await request.app[STATS_KEEPER].usage(max_age=METRICS_USAGE_MAX_AGE)
+    body = exposition(request.app[COLLECTOR])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def clear_all(request: web.Request) -> web.Response:
@@ -98,18 +101,13 @@ async def clear_pattern(request: web.Request) -> web.Response:
 
 async def _clear(request: web.Request, pattern: str | None) -> web.Response:
     settings = request.app[SETTINGS]
-    patterns = clear_patterns(pattern, request.app[ROUTES].namespaces, settings.key_prefix)
-    store = request.app[STORE]
-    removed = 0
     try:
-        for store_pattern in patterns:
-            removed += await store.delete_matching(store_pattern)
-    except StoreError as exc:
-        return web.json_response(
-            {"status": "failed", "error": f"Redis connection failed: {exc}", "removed": removed}, status=503
+        body = await operations.clear(
+            request.app[STORE], pattern, namespaces=request.app[ROUTES].namespaces, key_prefix=settings.key_prefix
         )
-    log.info("cache cleared", pattern=pattern or "*", removed=removed)
-    return web.json_response({"status": "cleared", "pattern": pattern or "*", "removed": removed})
+    except StoreError as exc:
+        return web.json_response({"status": "failed", "error": f"Redis connection failed: {exc}"}, status=503)
+    return web.json_response(body)
 
 
 def only(methods: dict[str, Handler]) -> Handler:
@@ -127,8 +125,3 @@ def only(methods: dict[str, Handler]) -> Handler:
         return await handler(request)
 
     return dispatch
-
-
-def _consume_result(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -10,11 +12,15 @@ from aiohttp import web
 
 from proxy import admin
 from proxy.errors import ClientRequestError
+from proxy.metrics import ProxyCollector
 from proxy.middleware import edge_middleware
+from proxy.prices import PriceTable, load_price_table
 from proxy.proxy import CacheProxy
 from proxy.routes import RouteTable, load_route_table
 from proxy.settings import Settings
-from proxy.state import PROXY, ROUTES, SETTINGS, STATE, STORE, AppState
+from proxy.state import COLLECTOR, PROXY, ROUTES, SETTINGS, STATE, STATS, STATS_KEEPER, STORE, AppState
+from proxy.stats import Stats
+from proxy.stats_keeper import StatsKeeper
 from proxy.store.base import Store
 from proxy.store.factory import open_store, resolve_redis_url
 from proxy.upstream import UpstreamClient, create_session
@@ -24,6 +30,7 @@ def create_app(
     settings: Settings,
     *,
     routes: RouteTable | None = None,
+    prices: PriceTable | None = None,
     store: Store | None = None,
     session: aiohttp.ClientSession | None = None,
     clock: Callable[[], float] = time.time,
@@ -31,26 +38,46 @@ def create_app(
     """Build the proxy application.
 
     `store` and `session` are opened from `settings` at start-up when not given (and closed at
-    clean-up); tests pass their own. The route table is read now, so a bad file fails fast.
+    clean-up); tests pass their own. The route table and price table are read now, so a bad
+    file fails fast.
     """
     table = routes or load_route_table(
         settings.routes_file, upstreams=settings.upstreams, default_ttl=settings.default_ttl
     )
-    app = web.Application(middlewares=[edge_middleware(access_log=settings.access_log)])
+    stats = Stats(prices or load_price_table(settings.prices_file))
+    app = web.Application(middlewares=[edge_middleware(access_log=settings.access_log, stats=stats)])
     app[SETTINGS] = settings
     app[ROUTES] = table
     app[STATE] = AppState()
+    app[STATS] = stats
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None
         active_store = store if store is not None else open_store(await resolve_redis_url(settings), settings)
         own_session = session is None
         active_session = session if session is not None else create_session(settings)
-        app[STORE] = active_store
-        app[PROXY] = CacheProxy(
+        proxy = CacheProxy(
             settings=settings, routes=table, store=active_store, client=UpstreamClient(active_session), clock=clock
         )
+        keeper = StatsKeeper(stats, active_store, namespaces=table.namespaces, key_prefix=settings.key_prefix)
+        app[STORE] = active_store
+        app[PROXY] = proxy
+        app[STATS_KEEPER] = keeper
+        app[COLLECTOR] = ProxyCollector(
+            stats,
+            routes=table.namespaces,
+            key_prefix=settings.key_prefix,
+            store_errors=lambda: getattr(active_store, "errors", 0),
+            store_available=lambda: getattr(active_store, "available", True),
+            usage=keeper.cached_usage,
+        )
+        flusher = asyncio.get_running_loop().create_task(keeper.run_flusher(settings.stats_flush_interval))
         yield
+        await proxy.drain(settings.shutdown_grace)
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await keeper.flush()
         if own_session:
             await active_session.close()
         if own_store:
@@ -59,7 +86,9 @@ def create_app(
     app.cleanup_ctx.append(resources)
     app.router.add_route("*", "/healthz", admin.only({"GET": admin.healthz}))
     app.router.add_route("*", "/readyz", admin.only({"GET": admin.readyz}))
+    app.router.add_route("*", "/metrics", admin.only({"GET": admin.metrics}))
     app.router.add_route("*", "/redis/health", admin.only({"GET": admin.redis_health}))
+    app.router.add_route("*", "/redis/stats", admin.only({"GET": admin.redis_stats}))
     app.router.add_route("*", "/redis/clear", admin.only({"DELETE": admin.clear_all}))
     app.router.add_route("*", "/redis/clear/{pattern:.+}", admin.only({"DELETE": admin.clear_pattern}))
     app.router.add_route("*", "/{tail:.*}", proxy_handler)

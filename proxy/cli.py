@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
 import sys
 from collections.abc import Sequence
+from urllib.parse import quote
 
-from aiohttp import web
+import aiohttp
+import structlog
 
-from proxy import __version__
+from proxy import __version__, operations
 from proxy.app import create_app
 from proxy.envfile import environment_with_dotenv
-from proxy.errors import ConfigError
+from proxy.errors import ClientRequestError, ConfigError, StoreError
 from proxy.logs import configure_logging
+from proxy.prices import PriceTable, load_price_table
 from proxy.routes import RouteTable, load_route_table
-from proxy.settings import Settings
+from proxy.server import run_server
+from proxy.settings import MEMORY_URL, Settings
+from proxy.stats import Stats
+from proxy.stats_keeper import StatsKeeper
+from proxy.store.base import Store
+from proxy.store.factory import open_store, resolve_redis_url
 
 PROG = "artstory-proxy"
 DESCRIPTION = """\
@@ -60,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not write one log line per request (env PROXY_ACCESS_LOG=false)",
     )
+    store_options = argparse.ArgumentParser(add_help=False)
+    store_options.add_argument(
+        "--redis-url", help="the store to work on (env REDIS_URL and the other REDIS_* variables)"
+    )
+    store_options.add_argument("--routes", help="route table file, for the namespaces (env PROXY_ROUTES)")
+    store_options.add_argument("--key-prefix", help="key prefix (env PROXY_KEY_PREFIX)")
+    store_options.add_argument(
+        "--proxy-url",
+        help="ask a running proxy over HTTP instead of opening the store (automatic when the store is the "
+        "embedded one, which lives inside the proxy process; default http://127.0.0.1:$PROXY_PORT); "
+        "sends PROXY_ADMIN_TOKEN when set",
+    )
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,
@@ -72,6 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "serve", parents=[serve_options], help="run the proxy (the default)", description="Run the proxy."
     )
+    commands.add_parser(
+        "health",
+        parents=[store_options],
+        help="check the store, like GET /redis/health (exit 1 when unhealthy)",
+        description="Check the store answers; print its figures as JSON. Exit 0 when healthy, 1 when not.",
+    )
+    commands.add_parser(
+        "stats",
+        parents=[store_options],
+        help="print the cache statistics of every replica, like GET /redis/stats",
+        description="Print the statistics every replica flushed to the store, and the store's figures, as JSON.",
+    )
+    clear = commands.add_parser(
+        "clear",
+        parents=[store_options],
+        help="delete cached entries, like DELETE /redis/clear[/PATTERN]",
+        description="Delete every entry of the proxy's namespaces, or those matching PATTERN "
+        "(artwork_info:*, ai_content:chat.completions:*, ...). Keys of other applications are never touched.",
+    )
+    clear.add_argument("pattern", nargs="?", metavar="PATTERN", help="a glob inside one namespace")
     return parser
 
 
@@ -86,51 +129,114 @@ def environment_for(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def load_configuration(env: dict[str, str]) -> tuple[Settings, RouteTable]:
+def load_configuration(env: dict[str, str]) -> tuple[Settings, RouteTable, PriceTable]:
     settings = Settings.from_env(env)
     routes = load_route_table(settings.routes_file, upstreams=settings.upstreams, default_ttl=settings.default_ttl)
-    return settings, routes
+    prices = load_price_table(settings.prices_file)
+    return settings, routes, prices
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings, routes = load_configuration(environment_for(args))
+        settings, routes, prices = load_configuration(environment_for(args))
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    return serve(settings, routes)
+    if args.command in (None, "serve"):
+        return serve(settings, routes, prices)
+    return asyncio.run(run_operation(args.command, settings, routes, args))
 
 
-def serve(settings: Settings, routes: RouteTable) -> int:
+def serve(settings: Settings, routes: RouteTable, prices: PriceTable) -> int:
     configure_logging(
         settings.log_level,
         settings.log_format,
         secrets=[upstream.api_key for upstream in settings.upstreams.values()] + [settings.admin_token],
     )
-    import structlog
-
     log = structlog.get_logger("proxy")
     if not settings.admin_token:
         log.warning("PROXY_ADMIN_TOKEN is unset: the clear endpoints answer only to loopback clients")
-    app = create_app(settings, routes=routes)
+    app = create_app(settings, routes=routes, prices=prices)
     log.info(
         "starting",
         version=__version__,
-        listen=f"http://{settings.host}:{settings.port}",
         routes=list(routes.namespaces),
         routes_file=str(settings.routes_file),
     )
     try:
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            access_log=None,
-            print=None,
-            shutdown_timeout=settings.shutdown_grace,
-        )
+        asyncio.run(run_server(app, settings))
     except OSError as exc:
         log.error("cannot listen", error=str(exc))
         return 1
     return 0
+
+
+async def run_operation(command: str, settings: Settings, routes: RouteTable, args: argparse.Namespace) -> int:
+    """`health`, `stats` and `clear`, on the store itself or through a running proxy."""
+    configure_logging("warning", "console", secrets=[settings.admin_token], stream=sys.stderr)
+    url = args.proxy_url or None
+    redis_url = await resolve_redis_url(settings) if url is None else None
+    if url is None and redis_url == MEMORY_URL:
+        url = f"http://127.0.0.1:{settings.port}"
+    if url is not None:
+        return await _over_http(command, url.rstrip("/"), settings, getattr(args, "pattern", None))
+    assert redis_url is not None
+    store = open_store(redis_url, settings)
+    try:
+        return await _on_store(command, store, settings, routes, getattr(args, "pattern", None))
+    finally:
+        await store.close()
+
+
+async def _on_store(command: str, store: Store, settings: Settings, routes: RouteTable, pattern: str | None) -> int:
+    if command == "health":
+        healthy, body = await operations.health(store)
+        _print_json(body)
+        return 0 if healthy else 1
+    try:
+        if command == "stats":
+            keeper = StatsKeeper(
+                Stats(PriceTable({})), store, namespaces=routes.namespaces, key_prefix=settings.key_prefix
+            )
+            snapshot = await keeper.snapshot()
+            snapshot.pop("process", None)
+            _print_json(snapshot)
+            return 0 if snapshot.get("cluster") is not None else 1
+        _print_json(
+            await operations.clear(store, pattern, namespaces=routes.namespaces, key_prefix=settings.key_prefix)
+        )
+        return 0
+    except ClientRequestError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        _print_json({"status": "failed", "error": f"Redis connection failed: {exc}"})
+        return 1
+
+
+async def _over_http(command: str, base_url: str, settings: Settings, pattern: str | None) -> int:
+    method, path = {
+        "health": ("GET", "/redis/health"),
+        "stats": ("GET", "/redis/stats"),
+        "clear": ("DELETE", "/redis/clear" + (f"/{quote(pattern, safe=':*?[]^-')}" if pattern else "")),
+    }[command]
+    headers = {"Authorization": f"Bearer {settings.admin_token}"} if settings.admin_token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.request(method, base_url + path, headers=headers) as response,
+        ):
+            body = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        print(f"{PROG}: cannot reach the proxy at {base_url}: {exc}", file=sys.stderr)
+        return 1
+    _print_json(body)
+    return 0 if response.status < 400 else 1
+
+
+def _print_json(body: object) -> None:
+    try:
+        print(json.dumps(body, indent=2, ensure_ascii=False), flush=True)
+    except BrokenPipeError:  # `artstory-proxy stats | head`: the reader has all it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces stdout for the rest of the process

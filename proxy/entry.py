@@ -12,7 +12,8 @@ Layout (big-endian), format version 1:
     19      4     stale_for (seconds it may be served stale after that)
     23      4     length of the header block
     27      4     CRC-32 of header block + payload
-    31      ...   header block (JSON list of [name, value]), then the payload
+    31      ...   header block (JSON: {"h": [[name, value], ...], "u": [model, tokens in, tokens out]}),
+                  then the payload
 
 The body is gzip-compressed when that pays (a compressible type, at least 1 KiB, at least 10 %
 smaller); gzip rather than raw deflate so the stored bytes could be sent as `Content-Encoding: gzip`.
@@ -24,11 +25,13 @@ import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from proxy.constants import ENTRY_MAGIC, ENTRY_VERSION
 from proxy.errors import EntryDecodeError
+from proxy.usage import Usage
 
 _HEADER = struct.Struct(">3sBBHdIIII")
 FLAG_GZIP = 0x01
@@ -50,6 +53,7 @@ class Entry:
     stored_at: float
     fresh_for: int
     stale_for: int = 0
+    usage: Usage | None = None
 
     def age(self, now: float) -> int:
         return max(0, int(now - self.stored_at))
@@ -74,7 +78,10 @@ class Entry:
 
 
 def encode_entry(entry: Entry) -> bytes:
-    header_block = orjson.dumps([[name, value] for name, value in entry.headers])
+    meta: dict[str, Any] = {"h": [[name, value] for name, value in entry.headers]}
+    if entry.usage is not None:
+        meta["u"] = entry.usage.to_list()
+    header_block = orjson.dumps(meta)
     flags = 0
     payload = entry.body
     if _worth_compressing(entry.content_type, payload):
@@ -115,9 +122,10 @@ def decode_entry(data: bytes) -> Entry:
     if zlib.crc32(payload, zlib.crc32(header_block)) != crc:
         raise EntryDecodeError("entry checksum does not match")
     try:
-        pairs = orjson.loads(header_block)
-        headers = tuple((str(name), str(value)) for name, value in pairs)
-    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        meta = orjson.loads(header_block)
+        headers = tuple((str(name), str(value)) for name, value in meta["h"])
+        usage = Usage.from_list(meta.get("u"))
+    except (orjson.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise EntryDecodeError(f"entry headers do not decode: {exc}") from None
     body = bytes(payload)
     if flags & FLAG_GZIP:
@@ -127,7 +135,7 @@ def decode_entry(data: bytes) -> Entry:
             raise EntryDecodeError(f"entry body does not decompress: {exc}") from None
     if not 100 <= status <= 599:
         raise EntryDecodeError(f"entry status {status} is not an HTTP status")
-    return Entry(status, headers, body, stored_at, fresh_for, stale_for)
+    return Entry(status, headers, body, stored_at, fresh_for, stale_for, usage)
 
 
 def _worth_compressing(content_type: str | None, body: bytes) -> bool:

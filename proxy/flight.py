@@ -29,6 +29,7 @@ from proxy.policy import STORED_RESPONSE_HEADERS, body_refusal, complete_body_re
 from proxy.routes import Route
 from proxy.store.base import Store
 from proxy.upstream import UpstreamClient, UpstreamRequest, describe
+from proxy.usage import Usage, usage_of
 
 READ_AHEAD_BYTES = 1024 * 1024
 log = structlog.get_logger("proxy.flight")
@@ -65,6 +66,7 @@ class Flight:
         self.refusal: str | None = None if key is not None else "not cacheable"
         self.stored = False
         self.upstream_ms: float | None = None
+        self.usage: Usage | None = None
         self._client = client
         self._store = store
         self._clock = clock
@@ -126,7 +128,7 @@ class Flight:
             return None
         async with response:
             self.upstream_ms = (time.perf_counter() - started) * 1000
-            self.head = Head(response.status, response.headers)
+            head = self.head = Head(response.status, response.headers)
             if self.refusal is None:
                 self.refusal = head_refusal(self.route, response.status, response.headers)
             self._head_ready.set()
@@ -148,7 +150,10 @@ class Flight:
         self._complete = True
         if self.refusal is not None:
             return None
-        return b"".join(self._chunks)
+        body = b"".join(self._chunks)
+        # Before readers are told the body is complete, so a coalesced follower can count it.
+        self.usage = usage_of(head.headers.get("Content-Type"), body)
+        return body
 
     async def _store_entry(self, body: bytes) -> None:
         assert self.head is not None
@@ -162,6 +167,7 @@ class Flight:
             body=body,
             stored_at=self._clock(),
             fresh_for=self.ttl,
+            usage=self.usage,
         )
         await self._store.put(self.key, encode_entry(entry), entry.store_ttl)
         self.stored = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -45,13 +45,18 @@ def _json_dumps(event_dict: EventDict, **_: Any) -> str:
     return orjson.dumps(event_dict, default=str).decode()
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", *, secrets: Iterable[str | None] = ()) -> None:
-    """Configure structlog and the stdlib root logger. Call once, at start-up, never at import."""
-    as_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+def configure_logging(
+    level: str = "info", fmt: str = "auto", *, secrets: Iterable[str | None] = (), stream: TextIO | None = None
+) -> None:
+    """Configure structlog and the stdlib root logger. Call once, at start-up, never at import.
+
+    Logs go to stdout when serving, to stderr for the one-shot commands (whose stdout is JSON)."""
+    stream = sys.stdout if stream is None else stream
+    as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Processor = (
         structlog.processors.JSONRenderer(serializer=_json_dumps)
         if as_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -67,10 +72,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, secrets: Iterab
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

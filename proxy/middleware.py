@@ -13,9 +13,12 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.constants import REQUEST_ID
+from proxy.constants import BYPASS, MISS, REFRESH, REQUEST_ID
 from proxy.errors import ClientRequestError, UpstreamError
+from proxy.stats import Stats
+from proxy.usage import Usage
 
+UPSTREAM_OUTCOMES = frozenset({MISS, REFRESH, BYPASS})
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = structlog.get_logger("proxy.request")
 
@@ -30,6 +33,7 @@ class RequestLog:
     key_digest: str | None = None
     upstream_ms: float | None = None
     error: str | None = None
+    usage: Usage | None = None
 
 
 REQUEST_LOG = web.RequestKey("request_log", RequestLog)
@@ -64,7 +68,7 @@ def json_error(status: int, message: str, request_id: str, headers: dict[str, st
     return web.json_response(body, status=status, headers=headers)
 
 
-def edge_middleware(*, access_log: bool) -> Any:
+def edge_middleware(*, access_log: bool, stats: Stats) -> Any:
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         incoming = request.headers.get(REQUEST_ID, "")
@@ -95,13 +99,18 @@ def edge_middleware(*, access_log: bool) -> Any:
             response = json_error(500, "internal error in the proxy; see its log for this request id", request_id)
         if not response.prepared:
             response.headers[REQUEST_ID] = request_id
+        elapsed = time.perf_counter() - started
+        if record.route is not None and record.cache is not None:
+            stats.record(record.route, record.cache, elapsed, usage=record.usage)
+            if record.upstream_ms is not None and record.cache in UPSTREAM_OUTCOMES:
+                stats.record_upstream(record.route, record.upstream_ms / 1000)
         if access_log:
             log.info(
                 "request",
                 method=request.method,
                 path=request.path,
                 status=response.status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                duration_ms=round(elapsed * 1000, 3),
                 route=record.route,
                 cache=record.cache,
                 upstream_ms=None if record.upstream_ms is None else round(record.upstream_ms, 3),

@@ -6,6 +6,7 @@ A request flows one way: route -> policy -> key -> store lookup -> (hit) stored 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from proxy.cache_key import build_key, key_input
-from proxy.constants import BYPASS, COALESCED, MISS, REFRESH
+from proxy.constants import BYPASS, COALESCED, HIT, MISS, REFRESH
 from proxy.entry import Entry, decode_entry
 from proxy.errors import ClientRequestError, EntryDecodeError
 from proxy.flight import Flight
@@ -91,7 +92,8 @@ class CacheProxy:
             now = self.clock()
             acceptable_age = directives.max_age is None or (entry is not None and entry.age(now) <= directives.max_age)
             if entry is not None and entry.is_fresh(now) and acceptable_age:
-                record.cache = "HIT"
+                record.cache = HIT
+                record.usage = entry.usage
                 return entry_response(entry, namespace=route.name, now=now, request_id=record.request_id)
         if directives.only_if_cached:
             raise ClientRequestError("not in the cache, and the request asked for only-if-cached", status=504)
@@ -143,9 +145,12 @@ class CacheProxy:
             raise
         record.cache = outcome
         record.upstream_ms = flight.upstream_ms
-        return await stream_response(
+        response = await stream_response(
             request, reader, head, outcome=outcome, namespace=match.route.name, request_id=record.request_id
         )
+        if outcome == COALESCED:
+            record.usage = flight.usage
+        return response
 
     def _start_flight(
         self, match: RouteMatch, upstream_request: UpstreamRequest, key: str | None, *, shared: bool = True
@@ -165,6 +170,17 @@ class CacheProxy:
             self.flights[key] = flight
         flight.start()
         return flight
+
+    async def drain(self, grace: float) -> None:
+        """Let running flights finish (and store) for up to `grace` seconds, then cancel them."""
+        tasks = [flight.task for flight in list(self.flights.values()) if flight.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("cancelled upstream fetches still running at shutdown", count=len(pending))
 
     def _flight_finished(self, flight: Flight) -> None:
         if flight.key is not None and self.flights.get(flight.key) is flight:

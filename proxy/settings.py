@@ -34,12 +34,17 @@ LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def default_routes_file() -> Path:
+def default_config_file(name: str) -> Path:
+    """A shipped configuration file: `config/<name>` in a checkout, or where a wheel put it."""
     for directory in _CONFIG_CANDIDATES:
-        candidate = directory / "routes.toml"
+        candidate = directory / name
         if candidate.is_file():
             return candidate
-    return _CONFIG_CANDIDATES[0] / "routes.toml"
+    return _CONFIG_CANDIDATES[0] / name
+
+
+def default_routes_file() -> Path:
+    return default_config_file("routes.toml")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,9 @@ class Settings:
     max_request_bytes: int = 10 * 1024**2
     admin_token: str | None = field(default=None, repr=False)
     shutdown_grace: float = 25.0
+    drain_delay: float = 3.0
+    prices_file: Path = field(default_factory=lambda: default_config_file("prices.toml"))
+    stats_flush_interval: float = 1.0
     log_level: str = "info"
     log_format: str = "auto"
     access_log: bool = True
@@ -98,6 +106,11 @@ class Settings:
             max_request_bytes=reader.size("PROXY_MAX_REQUEST_BYTES", 10 * 1024**2),
             admin_token=values.get("PROXY_ADMIN_TOKEN"),
             shutdown_grace=reader.seconds("PROXY_SHUTDOWN_GRACE", 25.0),
+            drain_delay=reader.seconds("PROXY_DRAIN_DELAY", 3.0, allow_zero=True),
+            prices_file=Path(values["PROXY_PRICES"])
+            if "PROXY_PRICES" in values
+            else default_config_file("prices.toml"),
+            stats_flush_interval=reader.seconds("PROXY_STATS_FLUSH_INTERVAL", 1.0),
             log_level=reader.choice("PROXY_LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("PROXY_LOG_FORMAT", "auto", LOG_FORMATS),
             access_log=reader.boolean("PROXY_ACCESS_LOG", True),
@@ -127,7 +140,7 @@ class _Reader:
             raise SettingsError(name, f"{value} is out of range: must be {bounds}")
         return value
 
-    def seconds(self, name: str, default: float) -> float:
+    def seconds(self, name: str, default: float, *, allow_zero: bool = False) -> float:
         raw = self._values.get(name)
         if raw is None:
             return default
@@ -135,8 +148,9 @@ class _Reader:
             value = float(raw.strip())
         except ValueError:
             raise SettingsError(name, f"{raw!r} is not a number of seconds") from None
-        if not value > 0 or value == float("inf"):
-            raise SettingsError(name, f"{raw!r} must be a positive number of seconds")
+        if not (value > 0 or (allow_zero and value == 0)) or value == float("inf"):
+            kind = "zero or a positive" if allow_zero else "a positive"
+            raise SettingsError(name, f"{raw!r} must be {kind} number of seconds")
         return value
 
     def size(self, name: str, default: int) -> int:

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.metrics import ProxyCollector
 from proxy.proxy import CacheProxy
 from proxy.routes import RouteTable
 from proxy.settings import Settings
+from proxy.stats import Stats
+from proxy.stats_keeper import StatsKeeper
 from proxy.store.base import Store
 
 
@@ -24,3 +27,6 @@ ROUTES = web.AppKey("routes", RouteTable)
 STORE = web.AppKey("store", Store)
 PROXY = web.AppKey("proxy", CacheProxy)
 STATE = web.AppKey("state", AppState)
+STATS = web.AppKey("stats", Stats)
+STATS_KEEPER = web.AppKey("stats_keeper", StatsKeeper)
+COLLECTOR = web.AppKey("collector", ProxyCollector)

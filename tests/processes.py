@@ -78,5 +78,13 @@ class ProxyProcess:
             self.process.wait()
         return self.process.returncode
 
+    async def wait(self, wait: float = 15.0) -> int | None:
+        """The exit code once the process ends by itself, or None if it is still running."""
+        assert self.process is not None
+        deadline = time.monotonic() + wait
+        while self.process.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a child
+            await asyncio.sleep(0.05)
+        return self.process.poll()
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -17,6 +17,16 @@ class StoreInfo:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class KeyspaceUsage:
+    """Entries and bytes (keys plus values) under one pattern; `complete` is False when the
+    walk stopped at its time budget, so the figures are a lower bound."""
+
+    entries: int
+    bytes: int
+    complete: bool = True
+
+
 class Store(abc.ABC):
     """Bytes under string keys with a TTL. Implementations raise `StoreError` on failure."""
 
@@ -41,6 +51,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> StoreInfo:
         """Check the store answers; raise `StoreError` when it does not."""
+
+    @abc.abstractmethod
+    async def usage(self, pattern: str, *, budget: float) -> KeyspaceUsage:
+        """Count entries and bytes matching a glob, walking for at most `budget` seconds."""
+
+    @abc.abstractmethod
+    async def add_counters(self, key: str, deltas: dict[str, int]) -> None:
+        """Add each delta to a field of the counter hash `key` (created as needed, never expiring)."""
+
+    @abc.abstractmethod
+    async def read_counters(self, key: str) -> dict[str, int]:
+        """Every field of the counter hash `key`."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release connections."""

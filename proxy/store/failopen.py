@@ -17,7 +17,7 @@ from typing import TypeVar
 import structlog
 
 from proxy.errors import StoreError
-from proxy.store.base import Store, StoreInfo
+from proxy.store.base import KeyspaceUsage, Store, StoreInfo
 
 T = TypeVar("T")
 log = structlog.get_logger("proxy.store")
@@ -67,6 +67,15 @@ class FailOpenStore(Store):
 
     async def ping(self) -> StoreInfo:
         return await self._reported(self.inner.ping())
+
+    async def usage(self, pattern: str, *, budget: float) -> KeyspaceUsage:
+        return await self._reported(self.inner.usage(pattern, budget=budget))
+
+    async def add_counters(self, key: str, deltas: dict[str, int]) -> None:
+        await self._reported(self.inner.add_counters(key, deltas))
+
+    async def read_counters(self, key: str) -> dict[str, int]:
+        return await self._reported(self.inner.read_counters(key))
 
     async def close(self) -> None:
         await self.inner.close()

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
-from proxy.store.base import Store, StoreInfo, glob_to_regex
+from proxy.store.base import KeyspaceUsage, Store, StoreInfo, glob_to_regex
 
 # Rough bookkeeping cost of one entry beyond its key and value (dict slot, tuple, objects).
 ENTRY_OVERHEAD_BYTES = 120
@@ -30,6 +30,7 @@ class MemoryStore(Store):
         self._items: OrderedDict[str, _Item] = OrderedDict()
         self._bytes = 0
         self.evictions = 0
+        self._counters: dict[str, dict[str, int]] = {}
 
     @property
     def used_bytes(self) -> int:
@@ -70,6 +71,24 @@ class MemoryStore(Store):
         for key in doomed:
             self._remove(key)
         return len(doomed)
+
+    async def usage(self, pattern: str, *, budget: float) -> KeyspaceUsage:
+        regex = glob_to_regex(pattern)
+        now = self._clock()
+        entries = size = 0
+        for key, item in self._items.items():
+            if item.expires_at > now and regex.fullmatch(key):
+                entries += 1
+                size += len(key) + len(item.value)
+        return KeyspaceUsage(entries, size)
+
+    async def add_counters(self, key: str, deltas: dict[str, int]) -> None:
+        counters = self._counters.setdefault(key, {})
+        for name, delta in deltas.items():
+            counters[name] = counters.get(name, 0) + delta
+
+    async def read_counters(self, key: str) -> dict[str, int]:
+        return dict(self._counters.get(key, {}))
 
     async def ping(self) -> StoreInfo:
         now = self._clock()

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from proxy.errors import StoreError
-from proxy.store.base import Store, StoreInfo
+from proxy.store.base import KeyspaceUsage, Store, StoreInfo
 
 SCAN_BATCH = 1000
 _ERRNO = re.compile(r"Err(?:or|no) (\d+)")
@@ -69,6 +69,35 @@ class RedisStore(Store):
             if cursor == 0:
                 return removed
 
+    async def usage(self, pattern: str, *, budget: float) -> KeyspaceUsage:
+        """SCAN the pattern; STRLEN each batch in one pipeline; stop after `budget` seconds."""
+        deadline = time.monotonic() + budget
+        entries = size = 0
+        cursor: int = 0
+        while True:
+            cursor, keys = await _call(self.client.scan(cursor=cursor, match=pattern, count=SCAN_BATCH))
+            if keys:
+                pipe = self.client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.strlen(key)
+                lengths = await _call(pipe.execute())
+                entries += sum(1 for length in lengths if length)
+                size += sum(lengths) + sum(len(key) for key, length in zip(keys, lengths, strict=True) if length)
+            if cursor == 0:
+                return KeyspaceUsage(entries, size)
+            if time.monotonic() > deadline:
+                return KeyspaceUsage(entries, size, complete=False)
+
+    async def add_counters(self, key: str, deltas: dict[str, int]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for name, delta in deltas.items():
+            pipe.hincrby(key, name, delta)
+        await _call(pipe.execute())
+
+    async def read_counters(self, key: str) -> dict[str, int]:
+        raw = await _call(self.client.hgetall(key))
+        return {_text(name): int(value) for name, value in raw.items()}
+
     async def ping(self) -> StoreInfo:
         started = time.perf_counter()
         await _call(self.client.ping())
@@ -110,3 +139,7 @@ def _describe(exc: BaseException) -> str:
     if errno:
         return os.strerror(int(errno.group(1)))
     return text.splitlines()[0]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

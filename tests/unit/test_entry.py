@@ -7,6 +7,7 @@ import pytest
 
 from proxy.entry import FLAG_GZIP, Entry, decode_entry, encode_entry
 from proxy.errors import EntryDecodeError
+from proxy.usage import Usage
 
 
 def sample(body: bytes = b'{"ok": true}', content_type: str = "application/json") -> Entry:
@@ -23,6 +24,11 @@ def sample(body: bytes = b'{"ok": true}', content_type: str = "application/json"
 def test_round_trip() -> None:
     entry = sample()
     assert decode_entry(encode_entry(entry)) == entry
+
+
+def test_usage_travels_with_the_entry() -> None:
+    entry = Entry(200, (), b"{}", 0.0, 60, usage=Usage("gpt-4o-mini", 12, 30))
+    assert decode_entry(encode_entry(entry)).usage == Usage("gpt-4o-mini", 12, 30)
 
 
 def test_binary_bodies_survive() -> None:
@@ -74,7 +80,7 @@ def test_damaged_entries_raise_decode_errors(mutate: object) -> None:
 
 def test_checksum_covers_a_corrupt_gzip_payload() -> None:
     header = struct.Struct(">3sBBHdIIII")
-    headers = b"[]"
+    headers = b'{"h": []}'
     payload = b"not gzip"
     crc = zlib.crc32(payload, zlib.crc32(headers))
     data = header.pack(b"APX", 1, FLAG_GZIP, 200, 0.0, 10, 0, len(headers), crc) + headers + payload

@@ -4,7 +4,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from proxy.errors import StoreError
-from proxy.store.base import Store, StoreInfo
+from proxy.store.base import KeyspaceUsage, Store, StoreInfo
 from proxy.store.failopen import FailOpenStore
 from proxy.store.memory import MemoryStore
 
@@ -41,6 +41,18 @@ class FlakyStore(Store):
     async def ping(self) -> StoreInfo:
         await self._check()
         return StoreInfo("redis", 0.1)
+
+    async def usage(self, pattern: str, *, budget: float) -> KeyspaceUsage:
+        await self._check()
+        return await self.inner.usage(pattern, budget=budget)
+
+    async def add_counters(self, key: str, deltas: dict[str, int]) -> None:
+        await self._check()
+        await self.inner.add_counters(key, deltas)
+
+    async def read_counters(self, key: str) -> dict[str, int]:
+        await self._check()
+        return await self.inner.read_counters(key)
 
 
 class Clock:

@@ -1,0 +1,48 @@
+"""Running the app: listen, and on SIGTERM drain gracefully before exiting 0.
+
+On SIGTERM readiness turns 503 at once; the listener stays open for `PROXY_DRAIN_DELAY` seconds
+so the orchestrator sees it and stops sending traffic; then it closes, and requests in flight
+(streams included) get `PROXY_SHUTDOWN_GRACE` seconds to finish, as do upstream fetches that are
+still filling the cache. SIGINT (Ctrl-C) skips the delay; a second signal skips what is left
+of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+from aiohttp import web
+
+from proxy.settings import Settings
+from proxy.state import STATE
+
+log = structlog.get_logger("proxy")
+
+
+async def run_server(app: web.Application, settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, signals.put_nowait, signum)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        await site.start()
+        log.info("listening", url=f"http://{settings.host}:{settings.port}")
+        received = await signals.get()
+        app[STATE].draining = True
+        delay = settings.drain_delay if received == signal.SIGTERM else 0.0
+        log.info("draining", signal=received.name, drain_delay=delay, shutdown_grace=settings.shutdown_grace)
+        if delay:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signals.get(), delay)
+    finally:
+        # Signals that arrive from here on are queued and ignored: the shutdown is under way.
+        await runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
