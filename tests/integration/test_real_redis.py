@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from proxy.entry import decode_entry
+from proxy.state import STATS_KEEPER
 from proxy.store.base import Store
 from proxy.store.redis import RedisStore
 from tests.conftest import REDIS_TEST_URL, ProxyClientFactory, chat_body
@@ -112,3 +113,26 @@ def test_the_test_database_is_not_the_default_one() -> None:
     # The suite shares this machine's Redis: it works in its own database under per-test prefixes.
     assert not REDIS_TEST_URL.endswith("/0")
     assert RedisStore.backend == "redis"
+
+
+async def test_stats_and_metrics_on_real_redis(
+    make_proxy: ProxyClientFactory, real_redis_store: Store, real_redis: redis.Redis, key_prefix: str
+) -> None:
+    first = await make_proxy(store=real_redis_store, PROXY_KEY_PREFIX=key_prefix)
+    second = await make_proxy(store=real_redis_store, PROXY_KEY_PREFIX=key_prefix)
+    for client in (first, second):
+        for _ in range(2):
+            await (await client.post("/v1/chat/completions", json=chat_body())).read()
+        assert await client.app[STATS_KEEPER].flush()
+    assert await real_redis.exists(f"{key_prefix}_artstory_proxy:stats") == 1
+    body = await (await first.get("/redis/stats")).json()
+    assert body["cluster"]["totals"]["requests"] == 4
+    assert body["cluster"]["totals"]["misses"] == 1
+    assert body["cluster"]["totals"]["tokens_saved"]["total"] == 3 * 42
+    assert body["store"]["namespaces"]["ai_content"]["entries"] == 1
+    assert body["store"]["used_memory"] > 0
+    metrics = await (await first.get("/metrics")).text()
+    assert f'artstory_proxy_store_entries{{namespace="{key_prefix}ai_content",route="ai_content"}} 1.0' in metrics
+    # A clear of everything leaves the shared counters alone: they are not cache entries.
+    await (await first.delete("/redis/clear")).read()
+    assert await real_redis.exists(f"{key_prefix}_artstory_proxy:stats") == 1
