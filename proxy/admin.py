@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
-import ipaddress
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -12,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import operations
+from proxy.admin_auth import require_admin
 from proxy.errors import ClientRequestError, StoreError
 from proxy.metrics import exposition
 from proxy.state import COLLECTOR, ROUTES, SETTINGS, STATE, STATS_KEEPER, STORE
@@ -19,35 +18,6 @@ from proxy.state import COLLECTOR, ROUTES, SETTINGS, STATE, STATS_KEEPER, STORE
 METRICS_USAGE_MAX_AGE = 30.0
 log = structlog.get_logger("proxy.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def is_loopback(remote: str | None) -> bool:
-    if not remote:
-        return False
-    try:
-        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def require_admin(request: web.Request, *, loopback_without_token: bool) -> None:
-    """With PROXY_ADMIN_TOKEN set, demand `Authorization: Bearer <token>` (401); without it,
-    either allow everyone or, for destructive calls, only loopback clients (403)."""
-    token = request.app[SETTINGS].admin_token
-    if token:
-        supplied = request.headers.get("Authorization", "")
-        scheme, _, credential = supplied.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
-            raise ClientRequestError(
-                "admin endpoint: send Authorization: Bearer <PROXY_ADMIN_TOKEN>",
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="artstory-proxy admin"'},
-            )
-        return
-    if loopback_without_token and not is_loopback(request.remote):
-        raise ClientRequestError(
-            "admin endpoint: only loopback clients may call it while PROXY_ADMIN_TOKEN is unset", status=403
-        )
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from proxy.state import COLLECTOR, PROXY, ROUTES, SETTINGS, STATE, STATS, STATS_
 from proxy.stats import Stats
 from proxy.stats_keeper import StatsKeeper
 from proxy.store.base import Store
-from proxy.store.factory import open_store, resolve_redis_url
+from proxy.store.factory import coordinator_for, open_store, resolve_redis_url
 from proxy.upstream import UpstreamClient, create_session
 
 
@@ -56,8 +56,14 @@ def create_app(
         active_store = store if store is not None else open_store(await resolve_redis_url(settings), settings)
         own_session = session is None
         active_session = session if session is not None else create_session(settings)
+        coordinator = coordinator_for(active_store, settings)
         proxy = CacheProxy(
-            settings=settings, routes=table, store=active_store, client=UpstreamClient(active_session), clock=clock
+            settings=settings,
+            routes=table,
+            store=active_store,
+            client=UpstreamClient(active_session),
+            coordinator=coordinator,
+            clock=clock,
         )
         keeper = StatsKeeper(stats, active_store, namespaces=table.namespaces, key_prefix=settings.key_prefix)
         app[STORE] = active_store
@@ -74,6 +80,7 @@ def create_app(
         flusher = asyncio.get_running_loop().create_task(keeper.run_flusher(settings.stats_flush_interval))
         yield
         await proxy.drain(settings.shutdown_grace)
+        await coordinator.close()
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher

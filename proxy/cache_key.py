@@ -68,6 +68,31 @@ def key_input(
     )
 
 
+def key_fields(route: Route, request: KeyInput) -> list[str]:
+    """Which parts of the request went into its key, for the debug header."""
+    if route.readable_key:
+        fields = [f"path-param:{name}" for name in _PARAM.findall(route.key)]
+        if request.query_string:
+            fields.append("query")
+        extra = request.method != "GET" or request.body or request.vary or request.credential
+        if not extra:
+            return fields
+        fields.append("method")
+    else:
+        fields = ["method", "upstream-path"]
+        if request.query_string:
+            fields.append("query")
+    if request.media_type:
+        fields.append("media-type")
+    fields.extend(f"header:{name}" for name, _ in request.vary)
+    if request.credential:
+        fields.append("credential-fingerprint")
+    if request.body:
+        kind = canonical_body(request.body, request.media_type)[:1]
+        fields.append({b"J": "body:json-canonical", b"j": "body:json-canonical"}.get(kind, "body:raw-bytes"))
+    return fields
+
+
 def credential_fingerprint(headers: Mapping[str, str]) -> str | None:
     """SHA-256 of the client's own credential headers, or None when it sent none."""
     present = [(name, headers[name]) for name in CREDENTIAL_HEADERS if name in headers]

@@ -8,6 +8,12 @@ PRODUCT: Final = "artstory-proxy"
 X_CACHE: Final = "X-Cache"
 CACHE_STATUS: Final = "Cache-Status"
 REQUEST_ID: Final = "X-Request-ID"
+X_CACHE_KEY: Final = "X-Cache-Key"
+X_CACHE_KEY_FIELDS: Final = "X-Cache-Key-Fields"
+
+# Request headers the proxy reads (and does not forward).
+X_CACHE_TTL: Final = "X-Cache-TTL"
+X_CACHE_DEBUG: Final = "X-Cache-Debug"
 
 # X-Cache values.
 HIT: Final = "HIT"

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.coordination import Coordinator, Lease
 from proxy.entry import Entry, encode_entry, kept_headers
 from proxy.errors import UpstreamError
+from proxy.image_urls import answer_ttl
 from proxy.policy import STORED_RESPONSE_HEADERS, body_refusal, complete_body_refusal, head_refusal
 from proxy.routes import Route
 from proxy.store.base import Store
@@ -55,6 +57,8 @@ class Flight:
         ttl: int,
         clock: Callable[[], float] = time.time,
         on_finish: Callable[[Flight], None] | None = None,
+        coordinator: Coordinator | None = None,
+        lookup: Callable[[], Awaitable[Entry | None]] | None = None,
     ) -> None:
         self.route = route
         self.request = request
@@ -67,6 +71,11 @@ class Flight:
         self.stored = False
         self.upstream_ms: float | None = None
         self.usage: Usage | None = None
+        # True when another replica fetched the answer and this flight replays its entry.
+        self.from_peer = False
+        self._coordinator = coordinator
+        self._lookup = lookup
+        self._store_if_absent = False
         self._client = client
         self._store = store
         self._clock = clock
@@ -102,8 +111,11 @@ class Flight:
 
     async def _run(self) -> None:
         body: bytes | None = None
+        lease: Lease | None = None
         try:
-            body = await self._fetch()
+            lease = await self._lead_or_follow()
+            if not self.from_peer:
+                body = await self._fetch()
         except Exception as exc:  # a bug must not leave readers waiting forever
             log.exception("flight failed", route=self.route.name)
             self.error = UpstreamError(f"upstream {self.request.upstream.name} failed: {describe(exc)}")
@@ -115,8 +127,29 @@ class Flight:
             if body is not None and self.refusal is None:
                 await self._store_entry(body)
         finally:
+            if lease is not None:
+                await lease.release(stored=self.stored)
             if self._on_finish is not None:
                 self._on_finish(self)
+
+    async def _lead_or_follow(self) -> Lease | None:
+        """Across replicas: take the lock and lead, or wait for the leading replica's entry."""
+        if self.key is None or self._coordinator is None or self._lookup is None:
+            return None
+        lease = await self._coordinator.acquire(self.key)
+        if lease is not None:
+            return lease
+        entry = await self._coordinator.wait_for(self.key, self._lookup)
+        if entry is None:
+            self._store_if_absent = True  # never overwrite the leader's entry if it comes after all
+            return None
+        self.from_peer = True
+        self.usage = entry.usage
+        self.head = Head(entry.status, CIMultiDictProxy(CIMultiDict(entry.headers)))
+        self._head_ready.set()
+        self._append(entry.body)
+        self._complete = True
+        return None
 
     async def _fetch(self) -> bytes | None:
         started = time.perf_counter()
@@ -161,15 +194,20 @@ class Flight:
         self.refusal = complete_body_refusal(self.route, self.head.headers, body)
         if self.refusal is not None:
             return
+        now = self._clock()
+        fresh_for = answer_ttl(self.route, self.head.headers, body, self.ttl, now)
+        if fresh_for <= 0:
+            self.refusal = "links in the answer expire too soon"
+            return
         entry = Entry(
             status=self.head.status,
             headers=kept_headers(self.head.headers.items(), STORED_RESPONSE_HEADERS),
             body=body,
-            stored_at=self._clock(),
-            fresh_for=self.ttl,
+            stored_at=now,
+            fresh_for=fresh_for,
             usage=self.usage,
         )
-        await self._store.put(self.key, encode_entry(entry), entry.store_ttl)
+        await self._store.put(self.key, encode_entry(entry), entry.store_ttl, if_absent=self._store_if_absent)
         self.stored = True
 
     async def wait_head(self) -> Head:

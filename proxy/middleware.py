@@ -6,7 +6,7 @@ import asyncio
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -34,6 +34,7 @@ class RequestLog:
     upstream_ms: float | None = None
     error: str | None = None
     usage: Usage | None = None
+    debug: dict[str, str] = field(default_factory=dict)
 
 
 REQUEST_LOG = web.RequestKey("request_log", RequestLog)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from proxy.routes import Route
 
@@ -41,7 +44,14 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "cookie", "x-cache-ttl"}
+NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "accept-encoding",
+    "cookie",
+    "x-cache-ttl",
+    "x-cache-debug",
+}
 NOT_FORWARDED_DOWNSTREAM = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 
 
@@ -118,7 +128,80 @@ def complete_body_refusal(route: Route, headers: Mapping[str, str], body: bytes)
     media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "text/event-stream" and not sse_complete(body):
         return "stream did not end with data: [DONE]"
+    if route.openai_checks:
+        return openai_answer_refusal(route, media_type, body)
     return None
+
+
+def openai_answer_refusal(route: Route, media_type: str, body: bytes) -> str | None:
+    """Answers an AI route must not store though they came with a 200: an error body, no
+    choices or no data, an unfinished Responses API answer, or a refused finish reason."""
+    if media_type == "text/event-stream":
+        documents = [_loads(data) for data in sse_data(body) if data != b"[DONE]"]
+        if any(document is None for document in documents):
+            return "stream event is not JSON"
+        return _stream_refusal(route, documents)
+    if media_type == "application/json" or media_type.endswith("+json"):
+        document = _loads(body)
+        if not isinstance(document, dict):
+            return "answer is not a JSON object"
+        return _document_refusal(route, document)
+    return None
+
+
+def _document_refusal(route: Route, document: dict[str, Any]) -> str | None:
+    if document.get("error"):
+        return "error body"
+    if "choices" in document:
+        choices = document["choices"]
+        if not isinstance(choices, list) or not choices:
+            return "empty choices"
+        for choice in choices:
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if reason in route.refuse_finish_reasons:
+                return f"finish_reason {reason}"
+    if "data" in document and document.get("object") in ("list", None) and not document["data"]:
+        return "empty data"
+    status = document.get("status")
+    if document.get("object") == "response" and status not in (None, "completed"):
+        return f"response status {status}"
+    return None
+
+
+def _stream_refusal(route: Route, events: list[Any]) -> str | None:
+    saw_choice = False
+    for event in events:
+        if not isinstance(event, dict):
+            return "stream event is not a JSON object"
+        if event.get("error") or event.get("type") in ("error", "response.failed", "response.incomplete"):
+            return "error in stream"
+        choices = event.get("choices")
+        if isinstance(choices, list) and choices:
+            saw_choice = True
+            for choice in choices:
+                reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+                if reason in route.refuse_finish_reasons:
+                    return f"finish_reason {reason}"
+        if str(event.get("type", "")).startswith("response."):
+            saw_choice = True  # Responses API events carry no choices
+    return None if saw_choice else "empty choices"
+
+
+def sse_data(body: bytes) -> list[bytes]:
+    """The `data:` payloads of an event stream, one per event (multi-line data joined by newlines)."""
+    payloads = []
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+        if lines:
+            payloads.append(b"\n".join(lines))
+    return payloads
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def sse_complete(body: bytes) -> bool:

@@ -7,22 +7,36 @@ A request flows one way: route -> policy -> key -> store lookup -> (hit) stored 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import hmac
 import time
 from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
-from proxy.cache_key import build_key, key_input
-from proxy.constants import BYPASS, COALESCED, HIT, MISS, REFRESH
+from proxy.admin_auth import is_loopback
+from proxy.cache_key import build_key, key_fields, key_input
+from proxy.constants import (
+    BYPASS,
+    COALESCED,
+    HIT,
+    MISS,
+    REFRESH,
+    X_CACHE_DEBUG,
+    X_CACHE_KEY,
+    X_CACHE_KEY_FIELDS,
+    X_CACHE_TTL,
+)
+from proxy.coordination import Coordinator
 from proxy.entry import Entry, decode_entry
-from proxy.errors import ClientRequestError, EntryDecodeError
+from proxy.errors import ClientRequestError, EntryDecodeError, StoreError
 from proxy.flight import Flight
 from proxy.middleware import request_log
 from proxy.policy import request_directives, request_uses_cache
 from proxy.responses import entry_response, stream_response
-from proxy.routes import RouteMatch, RouteTable
+from proxy.routes import Route, RouteMatch, RouteTable
 from proxy.settings import Settings
 from proxy.store.base import Store
 from proxy.upstream import UpstreamClient, UpstreamRequest, upstream_headers
@@ -40,9 +54,11 @@ class CacheProxy:
         routes: RouteTable,
         store: Store,
         client: UpstreamClient,
+        coordinator: Coordinator | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.coordinator = coordinator
         self.routes = routes
         self.store = store
         self.client = client
@@ -71,21 +87,20 @@ class CacheProxy:
         if directives.no_store:
             return await self._forward(request, match, upstream_request, key=None, outcome=BYPASS)
 
-        key = build_key(
-            route,
-            match.template,
-            match.params,
-            key_input(
-                route=route,
-                method=request.method,
-                upstream_path=upstream_request.path,
-                query_string=upstream_request.query_string,
-                body=body,
-                headers=request.headers,
-            ),
-            prefix=self.settings.key_prefix,
+        ttl = requested_ttl(request.headers.get(X_CACHE_TTL), route)
+        request_key = key_input(
+            route=route,
+            method=request.method,
+            upstream_path=upstream_request.path,
+            query_string=upstream_request.query_string,
+            body=body,
+            headers=request.headers,
         )
+        key = build_key(route, match.template, match.params, request_key, prefix=self.settings.key_prefix)
         record.key_digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        if X_CACHE_DEBUG in request.headers:
+            self._check_debug_allowed(request)
+            record.debug = {X_CACHE_KEY: key, X_CACHE_KEY_FIELDS: ", ".join(key_fields(route, request_key))}
 
         if not directives.no_cache:
             entry = await self._lookup(key)
@@ -94,14 +109,27 @@ class CacheProxy:
             if entry is not None and entry.is_fresh(now) and acceptable_age:
                 record.cache = HIT
                 record.usage = entry.usage
-                return entry_response(entry, namespace=route.name, now=now, request_id=record.request_id)
+                response = entry_response(entry, namespace=route.name, now=now, request_id=record.request_id)
+                response.headers.update(record.debug)
+                return response
         if directives.only_if_cached:
             raise ClientRequestError("not in the cache, and the request asked for only-if-cached", status=504)
         if request.method == "HEAD":  # a HEAD answer has no body to store
             return await self._forward(request, match, upstream_request, key=None, outcome=MISS)
         return await self._forward(
-            request, match, upstream_request, key=key, outcome=REFRESH if directives.no_cache else MISS
+            request, match, upstream_request, key=key, outcome=REFRESH if directives.no_cache else MISS, ttl=ttl
         )
+
+    def _check_debug_allowed(self, request: web.Request) -> None:
+        token = self.settings.admin_token
+        supplied = request.headers.get(X_CACHE_DEBUG, "")
+        if token:
+            if not hmac.compare_digest(supplied.encode(), token.encode()):
+                raise ClientRequestError(f"{X_CACHE_DEBUG} must carry the admin token", status=401)
+        elif not is_loopback(request.remote):
+            raise ClientRequestError(
+                f"{X_CACHE_DEBUG} is for loopback clients while PROXY_ADMIN_TOKEN is unset", status=403
+            )
 
     async def _lookup(self, key: str) -> Entry | None:
         raw = await self.store.get(key)
@@ -111,7 +139,8 @@ class CacheProxy:
             return decode_entry(raw)
         except EntryDecodeError as exc:
             log.warning("dropping an entry that does not decode", error=str(exc))
-            await self.store.put(key, b"", 0.001)  # fail-open write: expire it at once
+            with contextlib.suppress(StoreError):  # the store logs its own outage
+                await self.store.delete(key)
             return None
 
     async def _forward(
@@ -122,6 +151,7 @@ class CacheProxy:
         *,
         key: str | None,
         outcome: str,
+        ttl: int | None = None,
     ) -> web.StreamResponse:
         """Join the flight already fetching this key, or start one; stream its answer."""
         record = request_log(request)
@@ -129,14 +159,17 @@ class CacheProxy:
         if flight is not None and flight.refusal is None:
             outcome = COALESCED
         else:
-            flight = self._start_flight(match, upstream_request, key)
+            # A refresh goes upstream whatever other replicas hold: it does not wait for their entries.
+            flight = self._start_flight(match, upstream_request, key, ttl=ttl, coordinate=outcome != REFRESH)
         reader = flight.join()
         try:
             head = await flight.wait_head()
-            if outcome == COALESCED and flight.refusal is not None:
+            if flight.from_peer:
+                outcome = COALESCED  # another replica went upstream for it
+            elif outcome == COALESCED and flight.refusal is not None:
                 # The leader's answer may not be stored, so it is not ours to reuse either.
                 reader.close()
-                flight = self._start_flight(match, upstream_request, key, shared=False)
+                flight = self._start_flight(match, upstream_request, key, ttl=ttl, shared=False)
                 reader = flight.join()
                 outcome = MISS
                 head = await flight.wait_head()
@@ -146,14 +179,27 @@ class CacheProxy:
         record.cache = outcome
         record.upstream_ms = flight.upstream_ms
         response = await stream_response(
-            request, reader, head, outcome=outcome, namespace=match.route.name, request_id=record.request_id
+            request,
+            reader,
+            head,
+            outcome=outcome,
+            namespace=match.route.name,
+            request_id=record.request_id,
+            extra_headers=record.debug,
         )
         if outcome == COALESCED:
             record.usage = flight.usage
         return response
 
     def _start_flight(
-        self, match: RouteMatch, upstream_request: UpstreamRequest, key: str | None, *, shared: bool = True
+        self,
+        match: RouteMatch,
+        upstream_request: UpstreamRequest,
+        key: str | None,
+        *,
+        ttl: int | None = None,
+        shared: bool = True,
+        coordinate: bool = True,
     ) -> Flight:
         route = match.route
         flight = Flight(
@@ -162,9 +208,11 @@ class CacheProxy:
             client=self.client,
             store=self.store,
             key=key,
-            ttl=route.ttl,
+            ttl=ttl or route.ttl,
             clock=self.clock,
             on_finish=self._flight_finished if key is not None and shared else None,
+            coordinator=self.coordinator if shared and coordinate else None,
+            lookup=(lambda: self._lookup(key)) if key is not None else None,
         )
         if key is not None and shared:
             self.flights[key] = flight
@@ -197,6 +245,16 @@ class CacheProxy:
             headers=upstream_headers(request.headers, upstream),
             body=body,
         )
+
+
+def requested_ttl(raw: str | None, route: Route) -> int | None:
+    """`X-Cache-TTL: N`, checked against the route's ceiling; None when absent."""
+    if raw is None:
+        return None
+    ceiling = route.ttl_ceiling
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= ceiling:
+        raise ClientRequestError(f"{X_CACHE_TTL} must be a whole number of seconds from 1 to {ceiling} on {route.name}")
+    return int(raw)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -46,7 +46,14 @@ def entry_response(entry: Entry, *, namespace: str, now: float, request_id: str)
 
 
 async def stream_response(
-    request: web.Request, reader: FlightReader, head: Head, *, outcome: str, namespace: str, request_id: str
+    request: web.Request,
+    reader: FlightReader,
+    head: Head,
+    *,
+    outcome: str,
+    namespace: str,
+    request_id: str,
+    extra_headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Send the upstream response to the client chunk by chunk, as the flight receives it.
 
@@ -57,6 +64,8 @@ async def stream_response(
     headers[X_CACHE] = outcome
     headers[CACHE_STATUS] = cache_status(outcome, namespace, upstream_status=head.status)
     headers[REQUEST_ID] = request_id
+    if extra_headers:
+        headers.update(extra_headers)
     response = web.StreamResponse(status=head.status, headers=headers)
     length = head.headers.get("Content-Length")
     if length is not None and length.isdigit() and "Content-Encoding" not in head.headers:

@@ -32,8 +32,9 @@ RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/redis"})
 RESERVED_PREFIXES = ("/redis/",)
 _ROUTE_KEYS = {
     "name", "methods", "path", "paths", "upstream", "upstream_path", "strip_prefix", "ttl", "key",
-    "statuses", "max_body_bytes", "cache", "vary_headers",
+    "statuses", "max_body_bytes", "cache", "vary_headers", "max_ttl", "openai_checks", "refuse_finish_reasons",
 }  # fmt: skip
+DEFAULT_REFUSED_FINISH_REASONS = ("length", "content_filter")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,13 @@ class Route:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     cache: bool = True
     vary_headers: tuple[str, ...] = DEFAULT_VARY_HEADERS
+    max_ttl: int = 0  # the most a client may ask for with X-Cache-TTL; 0 means `ttl`
+    openai_checks: bool = False
+    refuse_finish_reasons: frozenset[str] = frozenset(DEFAULT_REFUSED_FINISH_REASONS)
+
+    @property
+    def ttl_ceiling(self) -> int:
+        return self.max_ttl or self.ttl
 
     @property
     def readable_key(self) -> bool:
@@ -301,6 +309,18 @@ def _parse_route(raw: Mapping[str, Any], *, where: str, source: str, upstreams: 
     if any(h.lower() in ("authorization", "cookie") for h in vary):
         raise fail("vary_headers", "credentials are handled by the key itself; do not list them")
 
+    try:
+        max_ttl = int(parse_duration(raw["max_ttl"])) if "max_ttl" in raw else 0
+    except ValueError as exc:
+        raise fail("max_ttl", str(exc)) from None
+
+    openai_checks = raw.get("openai_checks", False)
+    if not isinstance(openai_checks, bool):
+        raise fail("openai_checks", "must be true or false")
+    finish_reasons = raw.get("refuse_finish_reasons", list(DEFAULT_REFUSED_FINISH_REASONS))
+    if not isinstance(finish_reasons, list) or not all(isinstance(item, str) for item in finish_reasons):
+        raise fail("refuse_finish_reasons", 'must be a list of finish reasons such as "length"')
+
     return Route(
         name=name,
         methods=methods,
@@ -314,6 +334,9 @@ def _parse_route(raw: Mapping[str, Any], *, where: str, source: str, upstreams: 
         max_body_bytes=max_body,
         cache=cache,
         vary_headers=tuple(sorted(h.lower() for h in vary)),
+        max_ttl=max_ttl,
+        openai_checks=openai_checks,
+        refuse_finish_reasons=frozenset(finish_reasons),
     )
 
 

@@ -80,6 +80,8 @@ class Settings:
     drain_delay: float = 3.0
     prices_file: Path = field(default_factory=lambda: default_config_file("prices.toml"))
     stats_flush_interval: float = 1.0
+    coalesce_wait: float = 30.0
+    coalesce_lock_ttl: float = 120.0
     log_level: str = "info"
     log_format: str = "auto"
     access_log: bool = True
@@ -111,6 +113,8 @@ class Settings:
             if "PROXY_PRICES" in values
             else default_config_file("prices.toml"),
             stats_flush_interval=reader.seconds("PROXY_STATS_FLUSH_INTERVAL", 1.0),
+            coalesce_wait=reader.seconds("PROXY_COALESCE_WAIT", 30.0),
+            coalesce_lock_ttl=reader.seconds("PROXY_COALESCE_LOCK_TTL", 120.0),
             log_level=reader.choice("PROXY_LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("PROXY_LOG_FORMAT", "auto", LOG_FORMATS),
             access_log=reader.boolean("PROXY_ACCESS_LOG", True),

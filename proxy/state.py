@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.admin_auth import SETTINGS_KEY
 from proxy.metrics import ProxyCollector
 from proxy.proxy import CacheProxy
 from proxy.routes import RouteTable
-from proxy.settings import Settings
 from proxy.stats import Stats
 from proxy.stats_keeper import StatsKeeper
 from proxy.store.base import Store
@@ -22,7 +22,7 @@ class AppState:
     draining: bool = False
 
 
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = SETTINGS_KEY
 ROUTES = web.AppKey("routes", RouteTable)
 STORE = web.AppKey("store", Store)
 PROXY = web.AppKey("proxy", CacheProxy)

@@ -4,7 +4,17 @@ Started on loopback by the tests themselves (and by the benchmarks). Request hea
 - `x-fake-status: 500` answers with that status and an OpenAI-style error body;
 - `x-fake-delay: 0.2` waits that many seconds before answering;
 - `x-fake-cache-control: no-store`, `x-fake-set-cookie: 1` add those response headers;
-- `x-fake-cut: 1` breaks a stream off after its first event (no `data: [DONE]`).
+- `x-fake-cut: 1` breaks a stream off after its first event (no `data: [DONE]`);
+- `x-fake-finish-reason: length` ends chat completions with that finish reason;
+- `x-fake-empty-choices: 1` answers a chat completion with no choices; `x-fake-error-body: 1`
+  answers 200 with an error object;
+- `x-fake-url-expires-in: 600` signs image URLs (Azure SAS `se=`) to expire that many seconds on.
+
+Chat completions stream like OpenAI's: a reasoning delta, content word by word, tool-call deltas
+when the request has `tools`, and a final usage chunk when `stream_options.include_usage` is set.
+
+`GET /__stats` answers `{"calls": {path: count}, "total": n}` and is not counted itself, so a
+process started on its own (the benchmarks) can be asked how many upstream calls it received.
 
 Run alone: `python -m tests.fake_upstream --port 9100 [--latency 0.05]`.
 """
@@ -27,6 +37,7 @@ from aiohttp import web
 PNG_BYTES = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 )
+STATS_PATH = "/__stats"
 
 
 @dataclass
@@ -68,10 +79,13 @@ class FakeUpstream:
         app.router.add_get("/artworks/{name}", self.artwork_info)
         app.router.add_get("/artworks/{name}/similar", self.similar)
         app.router.add_get("/images/{name}", self.image)
+        app.router.add_get(STATS_PATH, self.stats)
         return app
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == STATS_PATH:
+            return await handler(request)  # asking for the counts is not a call
         body = await request.read()
         self.calls[request.path] += 1
         if self.keep_requests:
@@ -98,46 +112,84 @@ class FakeUpstream:
         answer = f"Story {self.calls['/chat/completions']}: {prompt}"
         model = payload.get("model", "gpt-4o-mini")
         created = int(time.time())
+        finish_reason = request.headers.get("x-fake-finish-reason", "tool_calls" if payload.get("tools") else "stop")
         if payload.get("stream"):
-            return await self._stream_chat(request, answer, model, created)
+            return await self._stream_chat(request, payload, answer, model, created, finish_reason)
+        if request.headers.get("x-fake-error-body"):
+            return web.json_response({"error": {"message": "model overloaded", "type": "server_error"}})
+        message: dict[str, Any] = {"role": "assistant", "content": answer}
+        if payload.get("tools"):
+            message["tool_calls"] = [_tool_call(payload)]
+        choices = (
+            []
+            if request.headers.get("x-fake-empty-choices")
+            else [{"index": 0, "message": message, "finish_reason": finish_reason}]
+        )
         return web.json_response(
             {
                 "id": f"chatcmpl-{self.calls['/chat/completions']}",
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "choices": choices,
                 "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
             },
             headers={"openai-model": model, "x-request-id": f"req_{self.total_calls}"},
         )
 
-    async def _stream_chat(self, request: web.Request, answer: str, model: str, created: int) -> web.StreamResponse:
+    async def _stream_chat(
+        self, request: web.Request, payload: dict[str, Any], answer: str, model: str, created: int, finish_reason: str
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        words = answer.split(" ")
-        for index, word in enumerate(words):
+
+        async def send(delta: dict[str, Any], reason: str | None = None) -> None:
             chunk = {
                 "id": "chatcmpl-stream",
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
             }
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            if index == 0 and request.headers.get("x-fake-cut"):
-                request.transport.close()  # type: ignore[union-attr]
-                return response
             await asyncio.sleep(0)
-        final = {
-            "id": "chatcmpl-stream",
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": len(words), "total_tokens": 12 + len(words)},
-        }
-        await response.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+
+        await send({"role": "assistant", "reasoning_content": "Thinking about the artwork. "})
+        if request.headers.get("x-fake-cut"):
+            request.transport.close()  # type: ignore[union-attr]
+            return response
+        words = answer.split(" ")
+        for word in words:
+            await send({"content": word + " "})
+        if payload.get("tools"):
+            call = _tool_call(payload)
+            arguments = call["function"]["arguments"]
+            await send(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            for start in range(0, len(arguments), 7):
+                await send({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start : start + 7]}}]})
+        await send({}, finish_reason)
+        if (payload.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "id": "chatcmpl-stream",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": 12, "completion_tokens": len(words), "total_tokens": 12 + len(words)},
+            }
+            await response.write(f"data: {json.dumps(usage)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
@@ -171,7 +223,12 @@ class FakeUpstream:
         if payload.get("response_format") == "b64_json":
             item = {"b64_json": base64.b64encode(PNG_BYTES).decode()}
         else:
-            item = {"url": f"https://images.example/{hashlib.sha256(await request.read()).hexdigest()[:12]}.png"}
+            url = f"https://images.example/{hashlib.sha256(await request.read()).hexdigest()[:12]}.png"
+            if "x-fake-url-expires-in" in request.headers:
+                expires = time.time() + float(request.headers["x-fake-url-expires-in"])
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+                url += f"?st=2026-01-01T00%3A00%3A00Z&se={stamp.replace(':', '%3A')}&sp=r&sig=abc"
+            item = {"url": url}
         return web.json_response({"created": int(time.time()), "data": [item]})
 
     async def moderations(self, request: web.Request) -> web.Response:
@@ -180,6 +237,9 @@ class FakeUpstream:
     async def responses(self, request: web.Request) -> web.Response:
         payload = json.loads(await request.read())
         return web.json_response({"id": "resp-1", "object": "response", "output_text": f"echo {payload.get('input')}"})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"calls": dict(self.calls), "total": self.total_calls})
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
@@ -197,6 +257,15 @@ class FakeUpstream:
         if self.image_bytes:
             return web.Response(body=b"\x89PNG" + b"\x00" * (self.image_bytes - 4), content_type="image/png")
         return web.Response(body=PNG_BYTES, content_type="image/png")
+
+
+def _tool_call(payload: dict[str, Any]) -> dict[str, Any]:
+    name = payload["tools"][0]["function"]["name"]
+    return {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps({"artwork": "Mona Lisa", "detail": "high"})},
+    }
 
 
 def _vector(text: str) -> list[float]:

@@ -31,6 +31,7 @@ class ProxyProcess:
             "PATH": os.environ.get("PATH", ""),
             "PROXY_HOST": "127.0.0.1",
             "PROXY_LOG_FORMAT": "json",
+            "PROXY_DRAIN_DELAY": "0",
             **env,
             "PROXY_PORT": str(self.port),
         }

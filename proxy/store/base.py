@@ -37,8 +37,9 @@ class Store(abc.ABC):
         """The stored value, or None when absent or expired."""
 
     @abc.abstractmethod
-    async def put(self, key: str, value: bytes, ttl: float) -> None:
-        """Store `value` for `ttl` seconds, value and expiry in one step."""
+    async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
+        """Store `value` for `ttl` seconds, value and expiry in one step (only if the key is
+        absent, with `if_absent`)."""
 
     @abc.abstractmethod
     async def delete(self, key: str) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 
 import structlog
 
+from proxy.coordination import Coordinator, RedisCoordinator
 from proxy.settings import MEMORY_URL, Settings, redact_url
 from proxy.store.base import Store
 from proxy.store.failopen import FailOpenStore
@@ -46,6 +47,19 @@ async def resolve_redis_url(settings: Settings) -> str:
         "(entries are lost on restart and not shared between replicas)"
     )
     return MEMORY_URL
+
+
+def coordinator_for(store: Store, settings: Settings) -> Coordinator:
+    """Cross-replica coalescing through the store's Redis; a no-op for the embedded store."""
+    inner = getattr(store, "inner", store)
+    if isinstance(inner, RedisStore):
+        return RedisCoordinator(
+            inner.client,
+            key_prefix=settings.key_prefix,
+            lock_ttl=settings.coalesce_lock_ttl,
+            wait=settings.coalesce_wait,
+        )
+    return Coordinator()
 
 
 def open_store(url: str, settings: Settings) -> Store:

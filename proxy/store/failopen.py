@@ -56,8 +56,8 @@ class FailOpenStore(Store):
     async def get(self, key: str) -> bytes | None:
         return await self._guarded(self.inner.get(key), None)
 
-    async def put(self, key: str, value: bytes, ttl: float) -> None:
-        await self._guarded(self.inner.put(key, value, ttl), None)
+    async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
+        await self._guarded(self.inner.put(key, value, ttl, if_absent=if_absent), None)
 
     async def delete(self, key: str) -> bool:
         return await self._reported(self.inner.delete(key))

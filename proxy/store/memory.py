@@ -49,7 +49,9 @@ class MemoryStore(Store):
         self._items.move_to_end(key)
         return item.value
 
-    async def put(self, key: str, value: bytes, ttl: float) -> None:
+    async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
+        if if_absent and await self.get(key) is not None:
+            return
         size = _cost(key, value)
         if key in self._items:
             self._remove(key)

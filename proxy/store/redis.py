@@ -51,8 +51,8 @@ class RedisStore(Store):
         value = await _call(self.client.get(key))
         return value if value is None or isinstance(value, bytes) else value.encode()
 
-    async def put(self, key: str, value: bytes, ttl: float) -> None:
-        await _call(self.client.set(key, value, px=max(1, int(ttl * 1000))))
+    async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
+        await _call(self.client.set(key, value, px=max(1, int(ttl * 1000)), nx=if_absent))
 
     async def delete(self, key: str) -> bool:
         removed: int = await _call(self.client.unlink(key))

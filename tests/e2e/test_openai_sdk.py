@@ -71,3 +71,46 @@ async def test_sdk_errors_surface_as_api_errors(running_proxy: ProxyProcess) -> 
         await client.files.list()
     assert "no route" in str(caught.value)
     await client.close()
+
+
+async def test_a_streamed_answer_with_tool_calls_and_usage_replays_every_field(
+    running_proxy: ProxyProcess, fake: FakeUpstream
+) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{running_proxy.url}/v1", api_key="sk-client-key", max_retries=0)
+    tools = [{"type": "function", "function": {"name": "lookup_artwork", "parameters": {"type": "object"}}}]
+    messages = [{"role": "user", "content": "Find the Mona Lisa"}]
+    runs = []
+    for _ in range(2):
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=messages,  # type: ignore[arg-type]
+            tools=tools,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        content, reasoning, arguments, names, finish, usage = [], [], [], [], [], None
+        async for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                delta = choice.delta
+                content.append(delta.content or "")
+                reasoning.append(getattr(delta, "reasoning_content", None) or "")
+                for call in delta.tool_calls or []:
+                    arguments.append(call.function.arguments or "" if call.function else "")
+                    if call.function and call.function.name:
+                        names.append(call.function.name)
+                if choice.finish_reason:
+                    finish.append(choice.finish_reason)
+        runs.append(("".join(content), "".join(reasoning), "".join(arguments), names, finish, usage))
+    assert runs[0] == runs[1]
+    content, reasoning, arguments, names, finish, usage = runs[1]
+    assert "Mona Lisa" in content
+    assert reasoning == "Thinking about the artwork. "
+    assert names == ["lookup_artwork"]
+    assert arguments == '{"artwork": "Mona Lisa", "detail": "high"}'
+    assert finish == ["tool_calls"]
+    assert usage is not None
+    assert usage.prompt_tokens == 12
+    assert fake.calls["/chat/completions"] == 1
+    await client.close()

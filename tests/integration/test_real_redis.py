@@ -69,7 +69,7 @@ async def test_ai_keys_and_ttl_on_real_redis(
     proxy_on_redis: TestClient[web.Request, web.Application], real_redis: redis.Redis, key_prefix: str
 ) -> None:
     await (await proxy_on_redis.post("/v1/chat/completions", json=chat_body())).read()
-    keys = [key.decode() async for key in real_redis.scan_iter(match=f"{key_prefix}*")]
+    keys = [key.decode() async for key in real_redis.scan_iter(match=f"{key_prefix}ai_content:*")]
     assert len(keys) == 1
     namespace, content_type, digest = keys[0][len(key_prefix) :].split(":")
     assert (namespace, content_type, len(digest)) == ("ai_content", "chat.completions", 64)

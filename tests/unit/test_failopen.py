@@ -26,9 +26,9 @@ class FlakyStore(Store):
         await self._check()
         return await self.inner.get(key)
 
-    async def put(self, key: str, value: bytes, ttl: float) -> None:
+    async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
         await self._check()
-        await self.inner.put(key, value, ttl)
+        await self.inner.put(key, value, ttl, if_absent=if_absent)
 
     async def delete(self, key: str) -> bool:
         await self._check()

@@ -1,0 +1,165 @@
+"""Coalescing across replicas: one upstream call for identical misses on every proxy sharing Redis.
+
+Within one process, identical requests already share one flight (`flight.py`). Across processes,
+the flight that would go upstream first takes a short-lived lock in Redis (`SET NX PX`). A flight
+that finds the lock taken waits for the leader's entry instead: it is woken by a pub/sub message
+when the leader finishes and also looks again every `POLL_INTERVAL` seconds, so a lost message
+costs at most that. It gives up and goes upstream itself when the lock disappears without an
+entry (the leader's answer was not storable, or the leader died) or after `PROXY_COALESCE_WAIT`
+seconds; a flight that gave up stores its answer only if no entry exists by then (`SET NX`), so
+it never overwrites the leader's.
+
+Every Redis failure here fails open: the flight behaves as a leader and goes upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as redis
+import structlog
+from redis.exceptions import RedisError
+
+from proxy.constants import INTERNAL_NAMESPACE
+from proxy.entry import Entry
+
+POLL_INTERVAL = 0.1
+RECONNECT_DELAY = 1.0
+log = structlog.get_logger("proxy.coordination")
+
+# Delete the lock only if it still holds our token, so a leader whose lock expired and was taken
+# by another never releases the other's lock.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+return redis.call('publish', ARGV[2], ARGV[3])
+"""
+
+
+class Lease:
+    """A lock held by this process's leader flight; release it once the entry is stored or refused."""
+
+    async def release(self, *, stored: bool) -> None:
+        """Free the lock and tell the waiting replicas."""
+
+
+class Coordinator:
+    """Coordination for a store other replicas cannot see (the embedded store): every flight leads."""
+
+    async def acquire(self, key: str) -> Lease | None:
+        return Lease()
+
+    async def wait_for(self, key: str, lookup: Callable[[], Awaitable[Entry | None]]) -> Entry | None:
+        return await lookup()
+
+    async def close(self) -> None:
+        """Stop listening."""
+
+
+class _RedisLease(Lease):
+    def __init__(self, coordinator: RedisCoordinator, key: str, token: str) -> None:
+        self.coordinator = coordinator
+        self.key = key
+        self.token = token
+
+    async def release(self, *, stored: bool) -> None:
+        message = f"{1 if stored else 0}|{self.key}"
+        try:
+            await self.coordinator.client.eval(
+                _RELEASE, 1, self.coordinator.lock_key(self.key), self.token, self.coordinator.channel, message
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("could not release a coalescing lock; it will expire", error=str(exc))
+
+
+class RedisCoordinator(Coordinator):
+    def __init__(self, client: redis.Redis, *, key_prefix: str, lock_ttl: float, wait: float) -> None:
+        self.client = client
+        self.lock_ttl = lock_ttl
+        self.wait = wait
+        self.channel = f"{key_prefix}{INTERNAL_NAMESPACE}:filled"
+        self._lock_prefix = f"{key_prefix}{INTERNAL_NAMESPACE}:lock:"
+        self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    def lock_key(self, key: str) -> str:
+        return self._lock_prefix + key
+
+    async def acquire(self, key: str) -> Lease | None:
+        """A lease when this process leads; None when another replica holds the lock."""
+        token = uuid.uuid4().hex
+        try:
+            taken = await self.client.set(self.lock_key(key), token, nx=True, px=int(self.lock_ttl * 1000))
+        except (RedisError, OSError):
+            return Lease()  # fail open: lead without a lock
+        return _RedisLease(self, key, token) if taken else None
+
+    async def wait_for(self, key: str, lookup: Callable[[], Awaitable[Entry | None]]) -> Entry | None:
+        """The leader's entry once it is stored, or None when this flight should go upstream itself."""
+        self._ensure_listening()
+        deadline = time.monotonic() + self.wait
+        waiter: asyncio.Future[bool] | None = None
+        try:
+            while True:
+                entry = await lookup()
+                if entry is not None:
+                    return entry
+                if waiter is not None and waiter.done() and not waiter.result():
+                    return None  # the leader announced an answer it could not store
+                try:
+                    if not await self.client.exists(self.lock_key(key)):
+                        return await lookup()  # the leader finished (or died) just now
+                except (RedisError, OSError):
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.info("gave up waiting for another replica's answer", waited_seconds=self.wait)
+                    return None
+                if waiter is None or waiter.done():
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.setdefault(key, set()).add(waiter)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), min(POLL_INTERVAL, remaining))
+        finally:
+            if waiter is not None:
+                waiters = self._waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(waiter)
+                    if not waiters:
+                        del self._waiters[key]
+
+    def _ensure_listening(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen(), name="coalescing listener")
+
+    async def _listen(self) -> None:
+        """Wake the waiters of each key the other replicas announce; reconnect after failures."""
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._announce(message["data"])
+            except (RedisError, OSError) as exc:
+                log.debug("coalescing listener lost its connection", error=str(exc))
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(RECONNECT_DELAY)
+
+    def _announce(self, data: bytes | str) -> None:
+        text = data.decode() if isinstance(data, bytes) else data
+        stored, _, key = text.partition("|")
+        for waiter in self._waiters.get(key, ()):
+            if not waiter.done():
+                waiter.set_result(stored == "1")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
