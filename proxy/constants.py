@@ -10,6 +10,7 @@ CACHE_STATUS: Final = "Cache-Status"
 REQUEST_ID: Final = "X-Request-ID"
 X_CACHE_KEY: Final = "X-Cache-Key"
 X_CACHE_KEY_FIELDS: Final = "X-Cache-Key-Fields"
+X_CACHE_INPUTS: Final = "X-Cache-Inputs"
 
 # Request headers the proxy reads (and does not forward).
 X_CACHE_TTL: Final = "X-Cache-TTL"

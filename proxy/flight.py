@@ -116,6 +116,9 @@ class Flight:
             lease = await self._lead_or_follow()
             if not self.from_peer:
                 body = await self._fetch()
+            if body is not None and self.refusal is None:
+                # Stored before the readers see the end: a client that asks again at once hits.
+                await self._store_entry(body)
         except Exception as exc:  # a bug must not leave readers waiting forever
             log.exception("flight failed", route=self.route.name)
             self.error = UpstreamError(f"upstream {self.request.upstream.name} failed: {describe(exc)}")
@@ -123,14 +126,10 @@ class Flight:
             self._finished = True
             self._head_ready.set()
             self._notify()
-        try:
-            if body is not None and self.refusal is None:
-                await self._store_entry(body)
-        finally:
-            if lease is not None:
-                await lease.release(stored=self.stored)
             if self._on_finish is not None:
                 self._on_finish(self)
+        if lease is not None:
+            await lease.release(stored=self.stored)
 
     async def _lead_or_follow(self) -> Lease | None:
         """Across replicas: take the lock and lead, or wait for the leading replica's entry."""

@@ -8,38 +8,58 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
 from proxy.admin_auth import is_loopback
-from proxy.cache_key import build_key, key_fields, key_input
+from proxy.cache_key import build_key, content_type_of, key_fields, key_input
 from proxy.constants import (
     BYPASS,
+    CACHE_STATUS,
     COALESCED,
     HIT,
     MISS,
     REFRESH,
+    X_CACHE,
     X_CACHE_DEBUG,
+    X_CACHE_INPUTS,
     X_CACHE_KEY,
     X_CACHE_KEY_FIELDS,
     X_CACHE_TTL,
 )
 from proxy.coordination import Coordinator
-from proxy.entry import Entry, decode_entry
-from proxy.errors import ClientRequestError, EntryDecodeError, StoreError
+from proxy.embeddings import EMBEDDINGS, Batch, assemble, item_of, parse_batch, split_answer
+from proxy.entry import Entry, decode_entry, encode_entry, kept_headers
+from proxy.errors import ClientRequestError, EntryDecodeError, StoreError, UpstreamError
 from proxy.flight import Flight
-from proxy.middleware import request_log
-from proxy.policy import request_directives, request_uses_cache
-from proxy.responses import entry_response, stream_response
+from proxy.middleware import RequestLog, request_log
+from proxy.policy import (
+    STORED_RESPONSE_HEADERS,
+    RequestDirectives,
+    complete_body_refusal,
+    request_directives,
+    request_uses_cache,
+)
+from proxy.responses import cache_status, entry_response, stream_response
 from proxy.routes import Route, RouteMatch, RouteTable
 from proxy.settings import Settings
 from proxy.store.base import Store
-from proxy.upstream import UpstreamClient, UpstreamRequest, upstream_headers
+from proxy.upstream import (
+    UpstreamClient,
+    UpstreamRequest,
+    downstream_headers,
+    read_limited,
+    upstream_headers,
+)
+from proxy.usage import Usage
 
 log = structlog.get_logger("proxy.cache")
 
@@ -64,6 +84,7 @@ class CacheProxy:
         self.client = client
         self.clock = clock
         self.flights: dict[str, Flight] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         record = request_log(request)
@@ -88,6 +109,12 @@ class CacheProxy:
             return await self._forward(request, match, upstream_request, key=None, outcome=BYPASS)
 
         ttl = requested_ttl(request.headers.get(X_CACHE_TTL), route)
+        if route.openai_checks and not directives.no_cache and content_type_of(route, match.template) == EMBEDDINGS:
+            batch = parse_batch(body)
+            if batch is not None:
+                return await self._embeddings_batch(
+                    request, match, upstream_request, batch, ttl or route.ttl, directives
+                )
         request_key = key_input(
             route=route,
             method=request.method,
@@ -120,6 +147,118 @@ class CacheProxy:
             request, match, upstream_request, key=key, outcome=REFRESH if directives.no_cache else MISS, ttl=ttl
         )
 
+    async def _embeddings_batch(
+        self,
+        request: web.Request,
+        match: RouteMatch,
+        upstream_request: UpstreamRequest,
+        batch: Batch,
+        ttl: int,
+        directives: RequestDirectives,
+    ) -> web.StreamResponse:
+        """Known inputs from their entries, the others in one upstream call (see embeddings.py)."""
+        record = request_log(request)
+        route = match.route
+        keys = [
+            build_key(
+                route,
+                match.template,
+                match.params,
+                key_input(
+                    route=route,
+                    method=request.method,
+                    upstream_path=upstream_request.path,
+                    query_string=upstream_request.query_string,
+                    body=batch.single_body(item),
+                    headers=request.headers,
+                ),
+                prefix=self.settings.key_prefix,
+            )
+            for item in batch.inputs
+        ]
+        now = self.clock()
+        items: list[dict[str, Any] | None] = [None] * len(keys)
+        tokens = [0] * len(keys)
+        model: str | None = None
+        for index, raw in enumerate(await self.store.get_many(keys)):
+            entry = self._decode(keys[index], raw)
+            known = item_of(entry.body) if entry is not None and entry.is_fresh(now) and entry.status == 200 else None
+            if known is not None:
+                items[index], model, tokens[index] = known[0], model or known[1], known[2]
+        missing = [index for index, item in enumerate(items) if item is None]
+        saved_tokens = sum(tokens)
+        if missing:
+            if directives.only_if_cached:
+                raise ClientRequestError("not in the cache, and the request asked for only-if-cached", status=504)
+            answered = await self._embed_missing(upstream_request, route, batch, missing, keys, ttl, record)
+            if isinstance(answered, web.StreamResponse):
+                return answered  # the upstream's own answer, passed on as it came
+            for index, (item, item_tokens) in answered.items():
+                items[index], tokens[index] = item, item_tokens
+        model = model or str(batch.payload.get("model", "unknown"))
+        outcome = MISS if missing else HIT
+        record.cache = outcome
+        record.usage = Usage(model, saved_tokens, 0) if saved_tokens else None
+        headers = {
+            X_CACHE: outcome,
+            CACHE_STATUS: cache_status(outcome, route.name),
+            X_CACHE_INPUTS: f"hits={len(keys) - len(missing)}, misses={len(missing)}",
+            **record.debug,
+        }
+        body = assemble([item for item in items if item is not None], model, sum(tokens))
+        return web.Response(body=body, content_type="application/json", headers=headers)
+
+    async def _embed_missing(
+        self,
+        upstream_request: UpstreamRequest,
+        route: Route,
+        batch: Batch,
+        missing: list[int],
+        keys: list[str],
+        ttl: int,
+        record: RequestLog,
+    ) -> dict[int, tuple[dict[str, Any], int]] | web.StreamResponse:
+        started = time.perf_counter()
+        sub_request = dataclasses.replace(upstream_request, body=batch.subset_body(missing))
+        async with await self.client.send(sub_request) as response:
+            record.upstream_ms = (time.perf_counter() - started) * 1000
+            body = await read_limited(response, route.max_body_bytes)
+            if body is None:
+                raise UpstreamError(
+                    f"upstream {sub_request.upstream.name} answered more than {route.max_body_bytes} bytes"
+                )
+            status, upstream_headers_ = response.status, response.headers
+        parts = None
+        if status == 200 and complete_body_refusal(route, upstream_headers_, body) is None:
+            parts = split_answer(orjson.loads(body), batch, missing)
+        if parts is None:
+            headers = downstream_headers(upstream_headers_)
+            headers[X_CACHE] = MISS
+            headers[CACHE_STATUS] = cache_status(MISS, route.name, upstream_status=status)
+            return web.Response(status=status, body=body, headers=headers)
+        now = self.clock()
+        kept = kept_headers(upstream_headers_.items(), STORED_RESPONSE_HEADERS)
+        answered: dict[int, tuple[dict[str, Any], int]] = {}
+        writes = []
+        for index, (single_body, item_tokens) in parts.items():
+            parsed = item_of(single_body)
+            assert parsed is not None
+            answered[index] = (parsed[0], item_tokens)
+            usage = Usage(str(parsed[1] or "unknown"), item_tokens, 0)
+            entry = Entry(200, kept, single_body, now, ttl, usage=usage)
+            writes.append(self.store.put(keys[index], encode_entry(entry), entry.store_ttl))
+        # Shielded: the writes finish even if this request is cancelled; awaited so that a client
+        # asking again at once finds the entries.
+        await asyncio.shield(self._background(asyncio.gather(*writes)))
+        return answered
+
+    def _background(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run store writes in a task of their own: a client hanging up never cuts one short."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def _check_debug_allowed(self, request: web.Request) -> None:
         token = self.settings.admin_token
         supplied = request.headers.get(X_CACHE_DEBUG, "")
@@ -132,16 +271,22 @@ class CacheProxy:
             )
 
     async def _lookup(self, key: str) -> Entry | None:
-        raw = await self.store.get(key)
+        return self._decode(key, await self.store.get(key))
+
+    def _decode(self, key: str, raw: bytes | None) -> Entry | None:
+        """The entry, or None; an entry that does not decode is deleted (in the background)."""
         if raw is None:
             return None
         try:
             return decode_entry(raw)
         except EntryDecodeError as exc:
             log.warning("dropping an entry that does not decode", error=str(exc))
-            with contextlib.suppress(StoreError):  # the store logs its own outage
-                await self.store.delete(key)
+            self._background(self._delete_quietly(key))
             return None
+
+    async def _delete_quietly(self, key: str) -> None:
+        with contextlib.suppress(StoreError):  # the store logs its own outage
+            await self.store.delete(key)
 
     async def _forward(
         self,
@@ -156,7 +301,7 @@ class CacheProxy:
         """Join the flight already fetching this key, or start one; stream its answer."""
         record = request_log(request)
         flight = self.flights.get(key) if key is not None else None
-        if flight is not None and flight.refusal is None:
+        if flight is not None and flight.refusal is None and not flight.finished:
             outcome = COALESCED
         else:
             # A refresh goes upstream whatever other replicas hold: it does not wait for their entries.
@@ -221,7 +366,8 @@ class CacheProxy:
 
     async def drain(self, grace: float) -> None:
         """Let running flights finish (and store) for up to `grace` seconds, then cancel them."""
-        tasks = [flight.task for flight in list(self.flights.values()) if flight.task is not None]
+        tasks: list[asyncio.Future[Any]] = [flight.task for flight in list(self.flights.values()) if flight.task]
+        tasks.extend(self._tasks)
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace)

@@ -58,7 +58,7 @@ class Stats:
         fields[names.count] += 1
         fields[names.buckets[bisect.bisect_left(BUCKETS, seconds)]] += 1
         fields[names.latency_sum] += int(seconds * 1_000_000)
-        if usage is not None and outcome in SAVED_OUTCOMES:
+        if usage is not None:  # what the cache answered instead of the upstream
             self._record_saving(namespace, usage)
 
     def record_upstream(self, namespace: str, seconds: float) -> None:

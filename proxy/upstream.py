@@ -102,6 +102,21 @@ class UpstreamClient:
                 raise UpstreamError(f"upstream {request.upstream.name} failed: {describe(exc)}") from exc
 
 
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None once it grows past `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamError(f"upstream broke off: {describe(exc)}") from exc
+    return b"".join(chunks)
+
+
 def connect_error(upstream: Upstream, exc: BaseException) -> UpstreamConnectError:
     return UpstreamConnectError(f"upstream {upstream.name} could not be reached: {describe(exc)}")
 

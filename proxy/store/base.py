@@ -36,6 +36,10 @@ class Store(abc.ABC):
     async def get(self, key: str) -> bytes | None:
         """The stored value, or None when absent or expired."""
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Several values at once, in order (one round trip where the store allows)."""
+        return [await self.get(key) for key in keys]
+
     @abc.abstractmethod
     async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
         """Store `value` for `ttl` seconds, value and expiry in one step (only if the key is

@@ -56,6 +56,9 @@ class FailOpenStore(Store):
     async def get(self, key: str) -> bytes | None:
         return await self._guarded(self.inner.get(key), None)
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return await self._guarded(self.inner.get_many(keys), [None] * len(keys))
+
     async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
         await self._guarded(self.inner.put(key, value, ttl, if_absent=if_absent), None)
 

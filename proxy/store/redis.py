@@ -51,6 +51,13 @@ class RedisStore(Store):
         value = await _call(self.client.get(key))
         return value if value is None or isinstance(value, bytes) else value.encode()
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        values: list[bytes | None] = await _call(pipe.execute())
+        return values
+
     async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
         await _call(self.client.set(key, value, px=max(1, int(ttl * 1000)), nx=if_absent))
 

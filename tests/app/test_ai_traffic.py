@@ -171,3 +171,42 @@ async def test_replicas_do_not_reuse_an_unstorable_answer(
     assert second.status == 503
     assert (await first).status == 503
     assert fake.calls["/chat/completions"] == 2
+
+
+async def test_an_embedding_batch_reuses_known_inputs_and_asks_for_the_rest(
+    make_proxy: ProxyClientFactory, fake: FakeUpstream
+) -> None:
+    from tests.fake_upstream import _vector
+
+    proxy = await make_proxy()
+    model = {"model": "text-embedding-3-small"}
+    first = await proxy.post("/v1/embeddings", json={**model, "input": "The Starry Night"})
+    assert first.headers["X-Cache"] == "MISS"
+    await first.read()
+    batch = ["Mona Lisa", "The Starry Night", "Guernica"]
+    response = await proxy.post("/v1/embeddings", json={**model, "input": batch})
+    assert response.status == 200
+    assert response.headers["X-Cache"] == "MISS"
+    assert response.headers["X-Cache-Inputs"] == "hits=1, misses=2"
+    body = await response.json()
+    assert [item["index"] for item in body["data"]] == [0, 1, 2]
+    assert [item["embedding"] for item in body["data"]] == [_vector(text) for text in batch]
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] >= 3
+    # The upstream saw one request for the two inputs it did not know, in order.
+    assert fake.calls["/embeddings"] == 2
+    assert fake.seen[-1].body and orjson_loads(fake.seen[-1].body)["input"] == ["Mona Lisa", "Guernica"]
+    again = await proxy.post("/v1/embeddings", json={**model, "input": list(reversed(batch))})
+    assert again.headers["X-Cache"] == "HIT"
+    assert [item["embedding"] for item in (await again.json())["data"]] == [_vector(t) for t in reversed(batch)]
+    single = await proxy.post("/v1/embeddings", json={**model, "input": "Guernica"})
+    assert single.headers["X-Cache"] == "HIT"
+    assert (await single.json())["data"][0]["embedding"] == _vector("Guernica")
+    assert fake.calls["/embeddings"] == 2
+    other_model = await proxy.post("/v1/embeddings", json={"model": "text-embedding-3-large", "input": batch})
+    assert other_model.headers["X-Cache-Inputs"] == "hits=0, misses=3"
+
+
+def orjson_loads(body: bytes) -> dict:  # type: ignore[type-arg]
+    import orjson
+
+    return orjson.loads(body)  # type: ignore[no-any-return]
