@@ -50,7 +50,7 @@ def test_tokens_and_money_saved_by_hits() -> None:
     stats = Stats(PRICES)
     usage = Usage("gpt-4o-mini-2024-07-18", 1_000_000, 1_000_000)
     stats.record("ai_content", "HIT", 0.001, usage=usage)
-    stats.record("ai_content", "MISS", 0.5, usage=usage)  # a miss saves nothing
+    stats.record("ai_content", "MISS", 0.5)  # a miss saves nothing, so it brings no usage
     totals = report(stats.fields, ["ai_content"])["totals"]
     assert totals["tokens_saved"] == {"input": 1_000_000, "output": 1_000_000, "total": 2_000_000}
     assert totals["money_saved_usd"] == pytest.approx(0.75)
