@@ -61,6 +61,11 @@ class Entry:
     def ttl_left(self, now: float) -> int:
         return max(0, int(self.stored_at + self.fresh_for - now))
 
+    def stale_within(self, window: int, now: float) -> bool:
+        """Expired, but for less than `window` seconds (and the upstream allowed stale use)."""
+        expired_at = self.stored_at + self.fresh_for
+        return expired_at <= now < expired_at + min(window, self.stale_for)
+
     def is_fresh(self, now: float) -> bool:
         return now < self.stored_at + self.fresh_for
 
@@ -71,10 +76,9 @@ class Entry:
                 return value
         return None
 
-    @property
-    def store_ttl(self) -> int:
-        """How long the store keeps it: fresh time plus the stale window."""
-        return self.fresh_for + self.stale_for
+    def store_ttl(self, now: float) -> float:
+        """How long the store keeps it from `now`: what is left of fresh time plus the stale window."""
+        return self.stored_at + self.fresh_for + self.stale_for - now
 
 
 def encode_entry(entry: Entry) -> bytes:

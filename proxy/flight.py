@@ -27,7 +27,13 @@ from proxy.coordination import Coordinator, Lease
 from proxy.entry import Entry, encode_entry, kept_headers
 from proxy.errors import UpstreamError
 from proxy.image_urls import answer_ttl
-from proxy.policy import STORED_RESPONSE_HEADERS, body_refusal, complete_body_refusal, head_refusal
+from proxy.policy import (
+    STORED_RESPONSE_HEADERS,
+    body_refusal,
+    complete_body_refusal,
+    freshness,
+    head_refusal,
+)
 from proxy.routes import Route
 from proxy.store.base import Store
 from proxy.upstream import UpstreamClient, UpstreamRequest, describe
@@ -194,19 +200,27 @@ class Flight:
         if self.refusal is not None:
             return
         now = self._clock()
-        fresh_for = answer_ttl(self.route, self.head.headers, body, self.ttl, now)
-        if fresh_for <= 0:
-            self.refusal = "links in the answer expire too soon"
+        timing = freshness(self.route, self.head.headers, self.ttl)
+        if timing.fresh_left <= 0:
+            self.refusal = "already stale on arrival"
             return
+        lifetime, stale_for = timing.lifetime, timing.stale_for
+        link_lifetime = answer_ttl(self.route, self.head.headers, body, lifetime, now) + timing.age
+        if link_lifetime < lifetime:  # signed links expire first: never fresh or stale past them
+            lifetime, stale_for = link_lifetime, 0
+            if lifetime - timing.age <= 0:
+                self.refusal = "links in the answer expire too soon"
+                return
         entry = Entry(
             status=self.head.status,
             headers=kept_headers(self.head.headers.items(), STORED_RESPONSE_HEADERS),
             body=body,
-            stored_at=now,
-            fresh_for=fresh_for,
+            stored_at=now - timing.age,
+            fresh_for=lifetime,
+            stale_for=stale_for,
             usage=self.usage,
         )
-        await self._store.put(self.key, encode_entry(entry), entry.store_ttl, if_absent=self._store_if_absent)
+        await self._store.put(self.key, encode_entry(entry), entry.store_ttl(now), if_absent=self._store_if_absent)
         self.stored = True
 
     async def wait_head(self) -> Head:

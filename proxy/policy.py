@@ -94,6 +94,37 @@ def request_directives(headers: Mapping[str, str]) -> RequestDirectives:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How long an answer stays fresh, how old it already was on arrival, how long it may be stale."""
+
+    lifetime: int
+    age: int
+    stale_for: int
+
+    @property
+    def fresh_left(self) -> int:
+        return self.lifetime - self.age
+
+
+def freshness(route: Route, headers: Mapping[str, str], ttl: int) -> Freshness:
+    """The route's TTL (or the client's `X-Cache-TTL`) and stale windows; with
+    `respect_cache_control`, also the upstream's `s-maxage`/`max-age` (never beyond the TTL),
+    `must-revalidate` (never stale) and `Age` (already that old)."""
+    lifetime, age, stale_for = ttl, 0, route.grace
+    if route.respect_cache_control:
+        directives = parse_cache_control(headers.get("cache-control", ""))
+        for name in ("s-maxage", "max-age"):
+            seconds = _non_negative_int(directives.get(name))
+            if seconds is not None:
+                lifetime = min(lifetime, seconds)
+                break
+        if "must-revalidate" in directives or "proxy-revalidate" in directives:
+            stale_for = 0
+        age = _non_negative_int(headers.get("age", "").strip()) or 0
+    return Freshness(lifetime, age, stale_for)
+
+
 def request_uses_cache(route: Route, method: str) -> bool:
     """Whether the cache takes part at all (a route may be forward-only; PUT/PATCH/DELETE never cache)."""
     return route.cache and method in CACHEABLE_METHODS

@@ -28,6 +28,7 @@ from proxy.constants import (
     HIT,
     MISS,
     REFRESH,
+    STALE,
     X_CACHE,
     X_CACHE_DEBUG,
     X_CACHE_INPUTS,
@@ -129,23 +130,55 @@ class CacheProxy:
             self._check_debug_allowed(request)
             record.debug = {X_CACHE_KEY: key, X_CACHE_KEY_FIELDS: ", ".join(key_fields(route, request_key))}
 
+        stale: Entry | None = None
         if not directives.no_cache:
             entry = await self._lookup(key)
             now = self.clock()
             acceptable_age = directives.max_age is None or (entry is not None and entry.age(now) <= directives.max_age)
             if entry is not None and entry.is_fresh(now) and acceptable_age:
-                record.cache = HIT
-                record.usage = entry.usage
-                response = entry_response(entry, namespace=route.name, now=now, request_id=record.request_id)
-                response.headers.update(record.debug)
-                return response
+                return self._from_entry(request, entry, HIT, now)
+            if entry is not None and directives.max_age is None:
+                if entry.stale_within(route.stale_while_revalidate, now) and request.method != "HEAD":
+                    self._revalidate(match, upstream_request, key, ttl)
+                    return self._from_entry(request, entry, STALE, now)
+                if entry.stale_within(route.stale_if_error, now):
+                    stale = entry  # kept in case the upstream fails
         if directives.only_if_cached:
             raise ClientRequestError("not in the cache, and the request asked for only-if-cached", status=504)
         if request.method == "HEAD":  # a HEAD answer has no body to store
             return await self._forward(request, match, upstream_request, key=None, outcome=MISS)
         return await self._forward(
-            request, match, upstream_request, key=key, outcome=REFRESH if directives.no_cache else MISS, ttl=ttl
+            request,
+            match,
+            upstream_request,
+            key=key,
+            outcome=REFRESH if directives.no_cache else MISS,
+            ttl=ttl,
+            stale=stale,
         )
+
+    def _from_entry(
+        self, request: web.Request, entry: Entry, outcome: str, now: float, upstream_status: int | None = None
+    ) -> web.Response:
+        record = request_log(request)
+        record.cache = outcome
+        record.usage = entry.usage
+        assert record.route is not None
+        return entry_response(
+            entry,
+            namespace=record.route,
+            now=now,
+            request_id=record.request_id,
+            outcome=outcome,
+            upstream_status=upstream_status,
+            extra_headers=record.debug,
+        )
+
+    def _revalidate(self, match: RouteMatch, upstream_request: UpstreamRequest, key: str, ttl: int | None) -> None:
+        """Refresh a stale entry in the background, once however many requests ask meanwhile."""
+        running = self.flights.get(key)
+        if running is None or running.finished:
+            self._start_flight(match, upstream_request, key, ttl=ttl)
 
     async def _embeddings_batch(
         self,
@@ -246,7 +279,7 @@ class CacheProxy:
             answered[index] = (parsed[0], item_tokens)
             usage = Usage(str(parsed[1] or "unknown"), item_tokens, 0)
             entry = Entry(200, kept, single_body, now, ttl, usage=usage)
-            writes.append(self.store.put(keys[index], encode_entry(entry), entry.store_ttl))
+            writes.append(self.store.put(keys[index], encode_entry(entry), entry.store_ttl(now)))
         # Shielded: the writes finish even if this request is cancelled; awaited so that a client
         # asking again at once finds the entries.
         await asyncio.shield(self._background(asyncio.gather(*writes)))
@@ -273,6 +306,11 @@ class CacheProxy:
     async def _lookup(self, key: str) -> Entry | None:
         return self._decode(key, await self.store.get(key))
 
+    async def _lookup_fresh(self, key: str) -> Entry | None:
+        """An entry another replica stored that is fresh now (a stale one is what we are replacing)."""
+        entry = await self._lookup(key)
+        return entry if entry is not None and entry.is_fresh(self.clock()) else None
+
     def _decode(self, key: str, raw: bytes | None) -> Entry | None:
         """The entry, or None; an entry that does not decode is deleted (in the background)."""
         if raw is None:
@@ -297,8 +335,12 @@ class CacheProxy:
         key: str | None,
         outcome: str,
         ttl: int | None = None,
+        stale: Entry | None = None,
     ) -> web.StreamResponse:
-        """Join the flight already fetching this key, or start one; stream its answer."""
+        """Join the flight already fetching this key, or start one; stream its answer.
+
+        With a `stale` entry in hand (within the route's stale-if-error window), an upstream that
+        fails (unreachable, timed out, 5xx or 429) is answered with that entry instead."""
         record = request_log(request)
         flight = self.flights.get(key) if key is not None else None
         if flight is not None and flight.refusal is None and not flight.finished:
@@ -308,7 +350,16 @@ class CacheProxy:
             flight = self._start_flight(match, upstream_request, key, ttl=ttl, coordinate=outcome != REFRESH)
         reader = flight.join()
         try:
-            head = await flight.wait_head()
+            try:
+                head = await flight.wait_head()
+            except UpstreamError:
+                if stale is None:
+                    raise
+                reader.close()
+                return self._from_entry(request, stale, STALE, self.clock())
+            if stale is not None and (head.status >= 500 or head.status == 429):
+                reader.close()
+                return self._from_entry(request, stale, STALE, self.clock(), upstream_status=head.status)
             if flight.from_peer:
                 outcome = COALESCED  # another replica went upstream for it
             elif outcome == COALESCED and flight.refusal is not None:
@@ -357,7 +408,7 @@ class CacheProxy:
             clock=self.clock,
             on_finish=self._flight_finished if key is not None and shared else None,
             coordinator=self.coordinator if shared and coordinate else None,
-            lookup=(lambda: self._lookup(key)) if key is not None else None,
+            lookup=(lambda: self._lookup_fresh(key)) if key is not None else None,
         )
         if key is not None and shared:
             self.flights[key] = flight

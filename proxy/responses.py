@@ -6,7 +6,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.constants import CACHE_STATUS, HIT, PRODUCT, REQUEST_ID, X_CACHE
+from proxy.constants import CACHE_STATUS, HIT, PRODUCT, REQUEST_ID, STALE, X_CACHE
 from proxy.entry import Entry
 from proxy.errors import UpstreamError
 from proxy.flight import FlightReader, Head
@@ -21,10 +21,14 @@ _FORWARD_REASON = {"MISS": "uri-miss", "REFRESH": "request", "BYPASS": "bypass",
 def cache_status(outcome: str, namespace: str, *, ttl: int | None = None, upstream_status: int | None = None) -> str:
     """The RFC 9211 `Cache-Status` value, with the namespace as its `detail`."""
     parts = [PRODUCT]
-    if outcome == HIT:
+    if outcome in (HIT, STALE):
         parts.append("hit")
         if ttl is not None:
             parts.append(f"ttl={ttl}")
+        if outcome == STALE:
+            parts.append("fwd=stale")
+            if upstream_status is not None:
+                parts.append(f"fwd-status={upstream_status}")
     else:
         parts.append(f"fwd={_FORWARD_REASON.get(outcome, 'miss')}")
         if upstream_status is not None:
@@ -35,13 +39,25 @@ def cache_status(outcome: str, namespace: str, *, ttl: int | None = None, upstre
     return "; ".join(parts)
 
 
-def entry_response(entry: Entry, *, namespace: str, now: float, request_id: str) -> web.Response:
-    """A hit: the stored status, headers and body byte for byte, plus the cache headers."""
+def entry_response(
+    entry: Entry,
+    *,
+    namespace: str,
+    now: float,
+    request_id: str,
+    outcome: str = HIT,
+    upstream_status: int | None = None,
+    extra_headers: dict[str, str] | None = None,
+) -> web.Response:
+    """A hit (or a stale answer): the stored status, headers and body byte for byte, plus the cache headers."""
     headers = CIMultiDict(entry.headers)
-    headers[X_CACHE] = HIT
+    headers[X_CACHE] = outcome
     headers["Age"] = str(entry.age(now))
-    headers[CACHE_STATUS] = cache_status(HIT, namespace, ttl=entry.ttl_left(now))
+    ttl = int(entry.stored_at + entry.fresh_for - now)  # negative once stale, as RFC 9211 has it
+    headers[CACHE_STATUS] = cache_status(outcome, namespace, ttl=ttl, upstream_status=upstream_status)
     headers[REQUEST_ID] = request_id
+    if extra_headers:
+        headers.update(extra_headers)
     return web.Response(status=entry.status, body=entry.body, headers=headers)
 
 

@@ -33,6 +33,7 @@ RESERVED_PREFIXES = ("/redis/",)
 _ROUTE_KEYS = {
     "name", "methods", "path", "paths", "upstream", "upstream_path", "strip_prefix", "ttl", "key",
     "statuses", "max_body_bytes", "cache", "vary_headers", "max_ttl", "openai_checks", "refuse_finish_reasons",
+    "stale_while_revalidate", "stale_if_error", "respect_cache_control",
 }  # fmt: skip
 DEFAULT_REFUSED_FINISH_REASONS = ("length", "content_filter")
 
@@ -56,6 +57,14 @@ class Route:
     max_ttl: int = 0  # the most a client may ask for with X-Cache-TTL; 0 means `ttl`
     openai_checks: bool = False
     refuse_finish_reasons: frozenset[str] = frozenset(DEFAULT_REFUSED_FINISH_REASONS)
+    stale_while_revalidate: int = 0
+    stale_if_error: int = 0
+    respect_cache_control: bool = False
+
+    @property
+    def grace(self) -> int:
+        """How long after expiry an entry is kept for stale serving."""
+        return max(self.stale_while_revalidate, self.stale_if_error)
 
     @property
     def ttl_ceiling(self) -> int:
@@ -314,9 +323,18 @@ def _parse_route(raw: Mapping[str, Any], *, where: str, source: str, upstreams: 
     except ValueError as exc:
         raise fail("max_ttl", str(exc)) from None
 
-    openai_checks = raw.get("openai_checks", False)
-    if not isinstance(openai_checks, bool):
-        raise fail("openai_checks", "must be true or false")
+    windows = {}
+    for window in ("stale_while_revalidate", "stale_if_error"):
+        try:
+            windows[window] = int(parse_duration(raw[window])) if raw.get(window) else 0
+        except ValueError as exc:
+            raise fail(window, str(exc)) from None
+
+    flags = {}
+    for flag in ("openai_checks", "respect_cache_control"):
+        flags[flag] = raw.get(flag, False)
+        if not isinstance(flags[flag], bool):
+            raise fail(flag, "must be true or false")
     finish_reasons = raw.get("refuse_finish_reasons", list(DEFAULT_REFUSED_FINISH_REASONS))
     if not isinstance(finish_reasons, list) or not all(isinstance(item, str) for item in finish_reasons):
         raise fail("refuse_finish_reasons", 'must be a list of finish reasons such as "length"')
@@ -335,8 +353,11 @@ def _parse_route(raw: Mapping[str, Any], *, where: str, source: str, upstreams: 
         cache=cache,
         vary_headers=tuple(sorted(h.lower() for h in vary)),
         max_ttl=max_ttl,
-        openai_checks=openai_checks,
+        openai_checks=flags["openai_checks"],
         refuse_finish_reasons=frozenset(finish_reasons),
+        stale_while_revalidate=windows["stale_while_revalidate"],
+        stale_if_error=windows["stale_if_error"],
+        respect_cache_control=flags["respect_cache_control"],
     )
 
 

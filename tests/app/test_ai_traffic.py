@@ -194,7 +194,8 @@ async def test_an_embedding_batch_reuses_known_inputs_and_asks_for_the_rest(
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] >= 3
     # The upstream saw one request for the two inputs it did not know, in order.
     assert fake.calls["/embeddings"] == 2
-    assert fake.seen[-1].body and orjson_loads(fake.seen[-1].body)["input"] == ["Mona Lisa", "Guernica"]
+    assert fake.seen[-1].body
+    assert orjson_loads(fake.seen[-1].body)["input"] == ["Mona Lisa", "Guernica"]
     again = await proxy.post("/v1/embeddings", json={**model, "input": list(reversed(batch))})
     assert again.headers["X-Cache"] == "HIT"
     assert [item["embedding"] for item in (await again.json())["data"]] == [_vector(t) for t in reversed(batch)]

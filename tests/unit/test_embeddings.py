@@ -30,18 +30,24 @@ def test_split_then_assemble_round_trip() -> None:
     answer = {
         "object": "list",
         "model": "m",
-        "data": [{"object": "embedding", "index": 1, "embedding": [0.3]}, {"object": "embedding", "index": 0, "embedding": [0.1]}],
+        "data": [
+            {"object": "embedding", "index": 1, "embedding": [0.3]},
+            {"object": "embedding", "index": 0, "embedding": [0.1]},
+        ],
         "usage": {"prompt_tokens": 5, "total_tokens": 5},
     }
     parts = split_answer(answer, batch, [0, 2])
     assert parts is not None
     first = item_of(parts[0][0])
     third = item_of(parts[2][0])
-    assert first is not None and third is not None
+    assert first is not None
+    assert third is not None
     assert first[0]["embedding"] == [0.1]  # upstream index 0 is the request's input 0
     assert third[0]["embedding"] == [0.3]
     assert parts[0][1] + parts[2][1] == 5
-    whole = orjson.loads(assemble([first[0], {"object": "embedding", "index": 0, "embedding": [0.2]}, third[0]], "m", 7))
+    whole = orjson.loads(
+        assemble([first[0], {"object": "embedding", "index": 0, "embedding": [0.2]}, third[0]], "m", 7)
+    )
     assert [item["index"] for item in whole["data"]] == [0, 1, 2]
     assert [item["embedding"] for item in whole["data"]] == [[0.1], [0.2], [0.3]]
     assert whole["usage"] == {"prompt_tokens": 7, "total_tokens": 7}

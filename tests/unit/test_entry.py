@@ -57,7 +57,11 @@ def test_freshness_and_age() -> None:
     assert not entry.is_fresh(entry.stored_at + 7200)
     assert entry.age(entry.stored_at + 42.9) == 42
     assert entry.ttl_left(entry.stored_at + 200) == 7000
-    assert entry.store_ttl == 7260
+    assert entry.store_ttl(entry.stored_at) == 7260
+    assert entry.store_ttl(entry.stored_at + 7000) == 260
+    assert entry.stale_within(60, entry.stored_at + 7230)
+    assert not entry.stale_within(60, entry.stored_at + 7100)  # still fresh
+    assert not entry.stale_within(20, entry.stored_at + 7230)  # past the asked window
 
 
 @pytest.mark.parametrize(
