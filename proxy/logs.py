@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor
 
 REDACTED = "[redacted]"
@@ -87,3 +88,15 @@ def configure_logging(
     root.setLevel(_LEVELS[level])
     # aiohttp's own access log is replaced by the proxy's canonical line per request.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_malformed_request_filter)
+
+
+def _malformed_request_filter(record: logging.LogRecord) -> bool:
+    """A malformed request from a client is answered 400 by aiohttp; log one line, not a traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.msg = "rejected a malformed HTTP request: %s"
+        record.args = (str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__,)
+        record.exc_info = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True

@@ -133,6 +133,8 @@ class FakeUpstream:
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
+                # Whose key asked: lets tests prove no tenant ever receives another's answer.
+                "tenant": hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:12],
                 "choices": choices,
                 "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
             },

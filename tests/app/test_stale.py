@@ -71,7 +71,9 @@ def replica(upstream_url: str, tmp_path: Path, clock: Clock, server: fakeredis.F
 
 
 async def test_stale_while_revalidate_answers_at_once_and_refreshes_once(
-    replica, clock: Clock, fake: FakeUpstream  # type: ignore[no-untyped-def]
+    replica,
+    clock: Clock,
+    fake: FakeUpstream,  # type: ignore[no-untyped-def]
 ) -> None:
     proxy = await replica()
     first = await (await proxy.get("/artworks/x")).json()
@@ -99,7 +101,10 @@ async def test_past_the_window_it_is_a_plain_miss(replica, clock: Clock, fake: F
 
 
 async def test_stale_if_error_covers_5xx_429_refused_and_timeouts(
-    replica, clock: Clock, fake: FakeUpstream, unused_tcp_port: int  # type: ignore[no-untyped-def]
+    replica,
+    clock: Clock,
+    fake: FakeUpstream,
+    unused_tcp_port: int,  # type: ignore[no-untyped-def]
 ) -> None:
     proxy = await replica()
     original = await (await proxy.get("/artworks/x")).json()
@@ -136,7 +141,9 @@ async def test_upstream_max_age_and_age_are_honoured(replica, clock: Clock, fake
 
 async def test_must_revalidate_is_never_served_stale(replica, clock: Clock, fake: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
     proxy = await replica()
-    await (await proxy.get("/artworks/y/similar", headers={"x-fake-cache-control": "max-age=30, must-revalidate"})).read()
+    await (
+        await proxy.get("/artworks/y/similar", headers={"x-fake-cache-control": "max-age=30, must-revalidate"})
+    ).read()
     clock.now += 40
     response = await proxy.get("/artworks/y/similar", headers={"x-fake-status": "503"})
     assert response.status == 503
