@@ -127,3 +127,18 @@ async def test_admin_token_protects_clear(make_proxy: ProxyClientFactory) -> Non
     assert wrong.status == 401
     right = await proxy.delete("/redis/clear", headers={"Authorization": "Bearer t0ken-for-tests"})
     assert right.status == 200
+
+
+async def test_malformed_and_oversized_headers_are_rejected_not_crashed(
+    proxy: TestClient[web.Request, web.Application], fake: FakeUpstream
+) -> None:
+    huge = b"GET /artworks/x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\nConnection: close\r\n\r\n"
+    status, _ = await raw_request(proxy, huge)
+    assert 400 <= status < 500
+    control = b"GET /artworks/x HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\nConnection: close\r\n\r\n"
+    status, _ = await raw_request(proxy, control)
+    assert status == 400
+    split = b"GET /artworks/x HTTP/1.1\r\nHost: x\r\nX-Split: a\rInjected: b\r\nConnection: close\r\n\r\n"
+    status, _ = await raw_request(proxy, split)
+    assert status == 400
+    assert fake.total_calls == 0
