@@ -54,6 +54,8 @@ class Entry:
     fresh_for: int
     stale_for: int = 0
     usage: Usage | None = None
+    # "gzip" when `body` holds the stored gzip bytes, sent as they are to clients that accept them.
+    encoding: str = "identity"
 
     def age(self, now: float) -> int:
         return max(0, int(now - self.stored_at))
@@ -82,6 +84,8 @@ class Entry:
 
 
 def encode_entry(entry: Entry) -> bytes:
+    if entry.encoding != "identity":
+        raise ValueError("entries are encoded from their identity body")
     meta: dict[str, Any] = {"h": [[name, value] for name, value in entry.headers]}
     if entry.usage is not None:
         meta["u"] = entry.usage.to_list()
@@ -108,8 +112,11 @@ def encode_entry(entry: Entry) -> bytes:
     return b"".join((head, header_block, payload))
 
 
-def decode_entry(data: bytes) -> Entry:
-    """Parse stored bytes; raise `EntryDecodeError` for anything not exactly what we wrote."""
+def decode_entry(data: bytes, *, accept_gzip: bool = False) -> Entry:
+    """Parse stored bytes; raise `EntryDecodeError` for anything not exactly what we wrote.
+
+    With `accept_gzip`, a body stored gzipped stays gzipped (`encoding == "gzip"`), for a client
+    that takes it as it is; otherwise the body is always the identity bytes."""
     if len(data) < _HEADER.size:
         raise EntryDecodeError("entry is shorter than its header")
     magic, version, flags, status, stored_at, fresh_for, stale_for, headers_len, crc = _HEADER.unpack_from(data)
@@ -131,22 +138,52 @@ def decode_entry(data: bytes) -> Entry:
         usage = Usage.from_list(meta.get("u"))
     except (orjson.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise EntryDecodeError(f"entry headers do not decode: {exc}") from None
-    body = bytes(payload)
-    if flags & FLAG_GZIP:
-        try:
-            body = zlib.decompress(body, 31)
-        except zlib.error as exc:
-            raise EntryDecodeError(f"entry body does not decompress: {exc}") from None
     if not 100 <= status <= 599:
         raise EntryDecodeError(f"entry status {status} is not an HTTP status")
-    return Entry(status, headers, body, stored_at, fresh_for, stale_for, usage)
+    body = bytes(payload)
+    encoding = "identity"
+    if flags & FLAG_GZIP:
+        if accept_gzip:
+            encoding = "gzip"
+        else:
+            try:
+                body = zlib.decompress(body, 31)
+            except zlib.error as exc:
+                raise EntryDecodeError(f"entry body does not decompress: {exc}") from None
+    return Entry(status, headers, body, stored_at, fresh_for, stale_for, usage, encoding)
 
 
 def _worth_compressing(content_type: str | None, body: bytes) -> bool:
-    if len(body) < COMPRESS_MIN_BYTES:
-        return False
+    return len(body) >= COMPRESS_MIN_BYTES and compressible(content_type)
+
+
+def compressible(content_type: str | None) -> bool:
+    """Whether a type gains from gzip (images, video, archives and opaque bytes do not)."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     return not (media_type in _INCOMPRESSIBLE_TYPES or media_type.startswith(_INCOMPRESSIBLE_PREFIXES))
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an `Accept-Encoding` value takes gzip (`gzip`, `*`, with q-values; `gzip;q=0` refuses)."""
+    if not accept_encoding:
+        return False
+    wildcard = False
+    for part in accept_encoding.lower().split(","):
+        coding, _, params = part.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        coding = coding.strip()
+        if coding in ("gzip", "x-gzip"):
+            return quality > 0
+        if coding == "*":
+            wildcard = quality > 0
+    return wildcard
 
 
 def kept_headers(headers: Iterable[tuple[str, str]], keep: frozenset[str]) -> tuple[tuple[str, str], ...]:

@@ -38,7 +38,7 @@ from proxy.constants import (
 )
 from proxy.coordination import Coordinator
 from proxy.embeddings import EMBEDDINGS, Batch, assemble, item_of, parse_batch, split_answer
-from proxy.entry import Entry, decode_entry, encode_entry, kept_headers
+from proxy.entry import Entry, accepts_gzip, decode_entry, encode_entry, kept_headers
 from proxy.errors import ClientRequestError, EntryDecodeError, StoreError, UpstreamError
 from proxy.flight import Flight
 from proxy.middleware import RequestLog, request_log
@@ -132,7 +132,7 @@ class CacheProxy:
 
         stale: Entry | None = None
         if not directives.no_cache:
-            entry = await self._lookup(key)
+            entry = await self._lookup(key, accept_gzip=accepts_gzip(request.headers.get("Accept-Encoding")))
             now = self.clock()
             acceptable_age = directives.max_age is None or (entry is not None and entry.age(now) <= directives.max_age)
             if entry is not None and entry.is_fresh(now) and acceptable_age:
@@ -303,20 +303,20 @@ class CacheProxy:
                 f"{X_CACHE_DEBUG} is for loopback clients while PROXY_ADMIN_TOKEN is unset", status=403
             )
 
-    async def _lookup(self, key: str) -> Entry | None:
-        return self._decode(key, await self.store.get(key))
+    async def _lookup(self, key: str, *, accept_gzip: bool = False) -> Entry | None:
+        return self._decode(key, await self.store.get(key), accept_gzip=accept_gzip)
 
     async def _lookup_fresh(self, key: str) -> Entry | None:
         """An entry another replica stored that is fresh now (a stale one is what we are replacing)."""
         entry = await self._lookup(key)
         return entry if entry is not None and entry.is_fresh(self.clock()) else None
 
-    def _decode(self, key: str, raw: bytes | None) -> Entry | None:
+    def _decode(self, key: str, raw: bytes | None, *, accept_gzip: bool = False) -> Entry | None:
         """The entry, or None; an entry that does not decode is deleted (in the background)."""
         if raw is None:
             return None
         try:
-            return decode_entry(raw)
+            return decode_entry(raw, accept_gzip=accept_gzip)
         except EntryDecodeError as exc:
             log.warning("dropping an entry that does not decode", error=str(exc))
             self._background(self._delete_quietly(key))

@@ -7,7 +7,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.constants import CACHE_STATUS, HIT, PRODUCT, REQUEST_ID, STALE, X_CACHE
-from proxy.entry import Entry
+from proxy.entry import COMPRESS_MIN_BYTES, Entry, accepts_gzip, compressible
 from proxy.errors import UpstreamError
 from proxy.flight import FlightReader, Head
 from proxy.upstream import downstream_headers
@@ -51,6 +51,10 @@ def entry_response(
 ) -> web.Response:
     """A hit (or a stale answer): the stored status, headers and body byte for byte, plus the cache headers."""
     headers = CIMultiDict(entry.headers)
+    if compressible(entry.content_type):
+        headers["Vary"] = "Accept-Encoding"
+    if entry.encoding == "gzip":
+        headers["Content-Encoding"] = "gzip"
     headers[X_CACHE] = outcome
     headers["Age"] = str(entry.age(now))
     ttl = int(entry.stored_at + entry.fresh_for - now)  # negative once stale, as RFC 9211 has it
@@ -84,8 +88,22 @@ async def stream_response(
         headers.update(extra_headers)
     response = web.StreamResponse(status=head.status, headers=headers)
     length = head.headers.get("Content-Length")
-    if length is not None and length.isdigit() and "Content-Encoding" not in head.headers:
-        response.content_length = int(length)
+    identity = "Content-Encoding" not in head.headers
+    known_length = int(length) if length is not None and length.isdigit() and identity else None
+    content_type = head.headers.get("Content-Type")
+    if compressible(content_type):
+        response.headers["Vary"] = "Accept-Encoding"
+        streaming = (content_type or "").startswith("text/event-stream")
+        # Event streams are never compressed: a compressor holds bytes back, and streams must not wait.
+        if (
+            not streaming
+            and accepts_gzip(request.headers.get("Accept-Encoding"))
+            and (known_length is None or known_length >= COMPRESS_MIN_BYTES)
+        ):
+            response.enable_compression(web.ContentCoding.gzip)
+            known_length = None
+    if known_length is not None:
+        response.content_length = known_length
     await response.prepare(request)
     try:
         async for chunk in reader:

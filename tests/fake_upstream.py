@@ -4,6 +4,7 @@ Started on loopback by the tests themselves (and by the benchmarks). Request hea
 - `x-fake-status: 500` answers with that status and an OpenAI-style error body;
 - `x-fake-delay: 0.2` waits that many seconds before answering;
 - `x-fake-cache-control: no-store`, `x-fake-set-cookie: 1`, `x-fake-age: 5` add those response headers;
+- `x-fake-gzip: 1` sends the answer gzip-encoded;
 - `x-fake-cut: 1` breaks a stream off after its first event (no `data: [DONE]`);
 - `x-fake-finish-reason: length` ends chat completions with that finish reason;
 - `x-fake-empty-choices: 1` answers a chat completion with no choices; `x-fake-error-body: 1`
@@ -102,6 +103,8 @@ class FakeUpstream:
         response = await handler(request)
         if "x-fake-cache-control" in request.headers:
             response.headers["Cache-Control"] = request.headers["x-fake-cache-control"]
+        if "x-fake-gzip" in request.headers and isinstance(response, web.Response):
+            response.enable_compression(web.ContentCoding.gzip)
         if "x-fake-age" in request.headers:
             response.headers["Age"] = request.headers["x-fake-age"]
         if "x-fake-set-cookie" in request.headers:

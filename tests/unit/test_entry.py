@@ -5,7 +5,7 @@ import zlib
 
 import pytest
 
-from proxy.entry import FLAG_GZIP, Entry, decode_entry, encode_entry
+from proxy.entry import FLAG_GZIP, Entry, accepts_gzip, decode_entry, encode_entry
 from proxy.errors import EntryDecodeError
 from proxy.usage import Usage
 
@@ -90,3 +90,29 @@ def test_checksum_covers_a_corrupt_gzip_payload() -> None:
     data = header.pack(b"APX", 1, FLAG_GZIP, 200, 0.0, 10, 0, len(headers), crc) + headers + payload
     with pytest.raises(EntryDecodeError, match="decompress"):
         decode_entry(data)
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        ("gzip, deflate, br", True),
+        ("br;q=1.0, gzip;q=0.8", True),
+        ("gzip;q=0", False),
+        ("identity", False),
+        ("*", True),
+        ("*, gzip;q=0", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_accept_encoding(header: str | None, accepted: bool) -> None:
+    assert accepts_gzip(header) is accepted
+
+
+def test_a_gzip_client_gets_the_stored_bytes_and_others_the_identity_body() -> None:
+    body = b'{"text": "' + b"the story of the painting " * 200 + b'"}'
+    encoded = encode_entry(sample(body))
+    stored = decode_entry(encoded, accept_gzip=True)
+    assert stored.encoding == "gzip"
+    assert zlib.decompress(stored.body, 31) == body
+    assert decode_entry(encoded).body == body
