@@ -13,7 +13,7 @@ from proxy import operations
 from proxy.admin_auth import require_admin
 from proxy.errors import ClientRequestError, StoreError
 from proxy.metrics import exposition
-from proxy.state import COLLECTOR, ROUTES, SETTINGS, STATE, STATS_KEEPER, STORE
+from proxy.state import COLLECTOR, LIMITER, REFUSALS, ROUTES, SETTINGS, STATE, STATS_KEEPER, STORE
 
 METRICS_USAGE_MAX_AGE = 30.0
 log = structlog.get_logger("proxy.admin")
@@ -41,13 +41,16 @@ async def readyz(request: web.Request) -> web.Response:
 async def redis_health(request: web.Request) -> web.Response:
     """The seed's `GET /redis/health`: 200 with the store's figures, or 503 naming the failure."""
     healthy, body = await operations.health(request.app[STORE])
+    body["rate_limits"] = request.app[LIMITER].mode
     return web.json_response(body, status=200 if healthy else 503)
 
 
 async def redis_stats(request: web.Request) -> web.Response:
     """The seed's `GET /redis/stats`: this process's figures and every replica's, plus the store's."""
     require_admin(request, loopback_without_token=False)
-    return web.json_response(await request.app[STATS_KEEPER].snapshot())
+    body = await request.app[STATS_KEEPER].snapshot()
+    body["refusals"] = dict(request.app[REFUSALS].counts)
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

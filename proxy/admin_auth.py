@@ -22,12 +22,17 @@ def is_loopback(remote: str | None) -> bool:
         return False
 
 
-def require_admin(request: web.Request, *, loopback_without_token: bool) -> None:
+def require_admin(request: web.Request, *, loopback_without_token: bool, query_token: bool = False) -> None:
     """With PROXY_ADMIN_TOKEN set, demand `Authorization: Bearer <token>` (401); without it,
-    either allow everyone or, for destructive calls, only loopback clients (403)."""
+    either allow everyone or, for destructive calls, only loopback clients (403).
+
+    `query_token` also accepts `?token=<token>` when no Authorization header came: for pages a
+    browser opens by address (the dashboard), which cannot send a header."""
     token = request.app[SETTINGS_KEY].admin_token
     if token:
         supplied = request.headers.get("Authorization", "")
+        if query_token and not supplied and "token" in request.query:
+            supplied = f"Bearer {request.query['token']}"
         scheme, _, credential = supplied.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
             raise ClientRequestError(

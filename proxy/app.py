@@ -10,19 +10,35 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from proxy import admin
+from proxy import admin, analytics
+from proxy.access import AccessPolicy, access_policy_from
+from proxy.cors import CorsPolicy
 from proxy.errors import ClientRequestError
 from proxy.metrics import ProxyCollector
-from proxy.middleware import edge_middleware
+from proxy.middleware import cors_headers_hook, cors_middleware, edge_middleware
 from proxy.prices import PriceTable, load_price_table
 from proxy.proxy import CacheProxy
+from proxy.ratelimit import Limiter
+from proxy.refusals import Refusals
 from proxy.routes import RouteTable, load_route_table
 from proxy.settings import Settings
-from proxy.state import COLLECTOR, PROXY, ROUTES, SETTINGS, STATE, STATS, STATS_KEEPER, STORE, AppState
+from proxy.state import (
+    COLLECTOR,
+    LIMITER,
+    PROXY,
+    REFUSALS,
+    ROUTES,
+    SETTINGS,
+    STATE,
+    STATS,
+    STATS_KEEPER,
+    STORE,
+    AppState,
+)
 from proxy.stats import Stats
 from proxy.stats_keeper import StatsKeeper
 from proxy.store.base import Store
-from proxy.store.factory import coordinator_for, open_store, resolve_redis_url
+from proxy.store.factory import coordinator_for, open_store, redis_client_of, resolve_redis_url
 from proxy.upstream import UpstreamClient, create_session
 
 
@@ -33,6 +49,7 @@ def create_app(
     prices: PriceTable | None = None,
     store: Store | None = None,
     session: aiohttp.ClientSession | None = None,
+    access: AccessPolicy | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """Build the proxy application.
@@ -44,8 +61,19 @@ def create_app(
     table = routes or load_route_table(
         settings.routes_file, upstreams=settings.upstreams, default_ttl=settings.default_ttl
     )
-    stats = Stats(prices or load_price_table(settings.prices_file))
-    app = web.Application(middlewares=[edge_middleware(access_log=settings.access_log, stats=stats)])
+    price_table = prices or load_price_table(settings.prices_file)
+    access_policy = access or access_policy_from(settings)
+    stats = Stats(price_table)
+    refusals = Refusals()
+    cors = CorsPolicy.from_origins(settings.cors_origins)
+    app = web.Application(
+        middlewares=[
+            edge_middleware(access_log=settings.access_log, stats=stats),
+            cors_middleware(cors, lambda path: table.methods_for(path) or _admin_methods(path), refusals),
+        ]
+    )
+    app.on_response_prepare.append(cors_headers_hook(cors))
+    app[REFUSALS] = refusals
     app[SETTINGS] = settings
     app[ROUTES] = table
     app[STATE] = AppState()
@@ -57,15 +85,34 @@ def create_app(
         own_session = session is None
         active_session = session if session is not None else create_session(settings)
         coordinator = coordinator_for(active_store, settings)
+        limiter = Limiter(
+            redis_client_of(active_store),
+            key_prefix=settings.key_prefix,
+            upstream=settings.rate_limit_upstream,
+            hits=settings.rate_limit_hits,
+            daily_budget=settings.daily_budget_usd,
+            clock=clock,
+        )
+        app[LIMITER] = limiter
         proxy = CacheProxy(
             settings=settings,
             routes=table,
             store=active_store,
             client=UpstreamClient(active_session),
             coordinator=coordinator,
+            access=access_policy,
+            limiter=limiter,
+            prices=price_table,
+            refusals=refusals,
             clock=clock,
         )
-        keeper = StatsKeeper(stats, active_store, namespaces=table.namespaces, key_prefix=settings.key_prefix)
+        keeper = StatsKeeper(
+            stats,
+            active_store,
+            namespaces=table.namespaces,
+            key_prefix=settings.key_prefix,
+            retention=settings.stats_retention,
+        )
         app[STORE] = active_store
         app[PROXY] = proxy
         app[STATS_KEEPER] = keeper
@@ -76,6 +123,7 @@ def create_app(
             store_errors=lambda: getattr(active_store, "errors", 0),
             store_available=lambda: getattr(active_store, "available", True),
             usage=keeper.cached_usage,
+            refusals=lambda: refusals.counts,
         )
         flusher = asyncio.get_running_loop().create_task(keeper.run_flusher(settings.stats_flush_interval))
         yield
@@ -96,10 +144,21 @@ def create_app(
     app.router.add_route("*", "/metrics", admin.only({"GET": admin.metrics}))
     app.router.add_route("*", "/redis/health", admin.only({"GET": admin.redis_health}))
     app.router.add_route("*", "/redis/stats", admin.only({"GET": admin.redis_stats}))
+    # Cache analytics (proxy/analytics.py): the per-minute history and the dashboard page, both
+    # behind the admin token like /redis/stats.
+    app.router.add_route("*", "/redis/stats/history", admin.only({"GET": analytics.stats_history}))
+    app.router.add_route("*", "/redis/dashboard", admin.only({"GET": analytics.dashboard}))
     app.router.add_route("*", "/redis/clear", admin.only({"DELETE": admin.clear_all}))
     app.router.add_route("*", "/redis/clear/{pattern:.+}", admin.only({"DELETE": admin.clear_pattern}))
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app
+
+
+def _admin_methods(path: str) -> frozenset[str] | None:
+    """Methods of the proxy's own endpoints, for preflights."""
+    if path in ("/healthz", "/readyz", "/metrics") or path.startswith("/redis/"):
+        return frozenset({"GET", "DELETE"} if path.startswith("/redis/clear") else {"GET"})
+    return None
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:

@@ -54,8 +54,12 @@ def key_input(
     query_string: str,
     body: bytes,
     headers: Mapping[str, str],
+    identity: str | None = None,
 ) -> KeyInput:
-    """Collect from the request headers what counts toward the key (never the raw credential)."""
+    """Collect from the request headers what counts toward the key (never the raw credential).
+
+    `identity` (an authenticated client, for routes that do not share entries between clients)
+    stands in for the credential headers."""
     content_type = headers.get("content-type", "")
     return KeyInput(
         method="GET" if method == "HEAD" else method,
@@ -64,7 +68,9 @@ def key_input(
         body=body,
         media_type=content_type.split(";", 1)[0].strip().lower(),
         vary=tuple((name, headers.get(name, "")) for name in route.vary_headers if name in headers),
-        credential=credential_fingerprint(headers),
+        credential=hashlib.sha256(f"client:{identity}".encode()).hexdigest()
+        if identity
+        else credential_fingerprint(headers),
     )
 
 

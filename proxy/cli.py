@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from urllib.parse import quote
@@ -14,6 +15,7 @@ import aiohttp
 import structlog
 
 from proxy import __version__, operations
+from proxy.access import AccessPolicy, access_policy_from, hash_access_key
 from proxy.app import create_app
 from proxy.envfile import environment_with_dotenv
 from proxy.errors import ClientRequestError, ConfigError, StoreError
@@ -115,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(artwork_info:*, ai_content:chat.completions:*, ...). Keys of other applications are never touched.",
     )
     clear.add_argument("pattern", nargs="?", metavar="PATTERN", help="a glob inside one namespace")
+    hash_key = commands.add_parser(
+        "hash-key",
+        help="print the PROXY_ACCESS_KEYS entry for a client access key (or make a new key)",
+        description="Print the sha256:<hex> form of a client access key, for PROXY_ACCESS_KEYS or its file. "
+        "Without KEY, make a new random key and print it with its hash.",
+    )
+    hash_key.add_argument("key", nargs="?", metavar="KEY", help="the key to hash (default: a new random one)")
     return parser
 
 
@@ -129,35 +138,55 @@ def environment_for(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def load_configuration(env: dict[str, str]) -> tuple[Settings, RouteTable, PriceTable]:
+def load_configuration(env: dict[str, str]) -> tuple[Settings, RouteTable, PriceTable, AccessPolicy]:
     settings = Settings.from_env(env)
     routes = load_route_table(settings.routes_file, upstreams=settings.upstreams, default_ttl=settings.default_ttl)
     prices = load_price_table(settings.prices_file)
-    return settings, routes, prices
+    return settings, routes, prices, access_policy_from(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "hash-key":
+        key = args.key or "ask-" + secrets.token_urlsafe(32)
+        if not args.key:
+            print(f"key:  {key}")
+        print(("hash: " if not args.key else "") + hash_access_key(key))
+        return 0
     try:
-        settings, routes, prices = load_configuration(environment_for(args))
+        settings, routes, prices, access = load_configuration(environment_for(args))
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if args.command in (None, "serve"):
-        return serve(settings, routes, prices)
+        return serve(settings, routes, prices, access)
     return asyncio.run(run_operation(args.command, settings, routes, args))
 
 
-def serve(settings: Settings, routes: RouteTable, prices: PriceTable) -> int:
+def serve(settings: Settings, routes: RouteTable, prices: PriceTable, access: AccessPolicy) -> int:
     configure_logging(
         settings.log_level,
         settings.log_format,
-        secrets=[upstream.api_key for upstream in settings.upstreams.values()] + [settings.admin_token],
+        secrets=[upstream.api_key for upstream in settings.upstreams.values()]
+        + [settings.admin_token, settings.jwt_hs256_secret],
     )
     log = structlog.get_logger("proxy")
     if not settings.admin_token:
         log.warning("PROXY_ADMIN_TOKEN is unset: the clear endpoints answer only to loopback clients")
-    app = create_app(settings, routes=routes, prices=prices)
+    held = sorted(name for name, upstream in settings.upstreams.items() if upstream.api_key)
+    if held and access.open_access:
+        log.warning(
+            "PROXY_OPEN_ACCESS is on: anyone who reaches the proxy spends the upstream keys it holds",
+            upstreams=held,
+        )
+    elif held and not access.configured:
+        log.warning(
+            "the proxy holds upstream keys but no client credentials are configured: requests to those "
+            "upstreams are refused (401) until PROXY_ACCESS_KEYS, PROXY_ACCESS_KEYS_FILE, PROXY_JWT_HS256_SECRET "
+            "or PROXY_JWT_RS256_PUBLIC_KEY is set, or PROXY_OPEN_ACCESS=true",
+            upstreams=held,
+        )
+    app = create_app(settings, routes=routes, prices=prices, access=access)
     log.info(
         "starting",
         version=__version__,

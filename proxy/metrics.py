@@ -28,6 +28,7 @@ class ProxyCollector(Collector):
         store_errors: Callable[[], int],
         store_available: Callable[[], bool],
         usage: Callable[[], Mapping[str, KeyspaceUsage]],
+        refusals: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.stats = stats
         self.routes = routes
@@ -35,6 +36,7 @@ class ProxyCollector(Collector):
         self.store_errors = store_errors
         self.store_available = store_available
         self.usage = usage
+        self.refusals = refusals
 
     def collect(self) -> Iterator[Metric]:
         fields = dict(self.stats.fields)
@@ -73,6 +75,14 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_store_errors", "Store (Redis) commands that failed.", value=self.store_errors()
         )
+        refused = CounterMetricFamily(
+            f"{PREFIX}_refusals",
+            "Requests refused on purpose: disallowed origins and preflights, bad credentials, rate limits, budgets.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.refusals().items()):
+            refused.add_metric([reason], count)
+        yield refused
         yield GaugeMetricFamily(
             f"{PREFIX}_store_available",
             "1 while the store answers, 0 during an outage.",

@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from proxy.constants import BYPASS, MISS, REFRESH, REQUEST_ID
+from proxy.cors import CorsPolicy
 from proxy.errors import ClientRequestError, UpstreamError
+from proxy.refusals import CORS_ORIGIN, CORS_PREFLIGHT, Refusals
 from proxy.stats import Stats
 from proxy.usage import Usage
 
@@ -31,9 +34,11 @@ class RequestLog:
     route: str | None = None
     cache: str | None = None
     key_digest: str | None = None
+    key: str | None = None  # the cache key itself: counted per key on hits (never logged)
     upstream_ms: float | None = None
     error: str | None = None
     usage: Usage | None = None
+    client: str | None = None
     debug: dict[str, str] = field(default_factory=dict)
 
 
@@ -102,7 +107,7 @@ def edge_middleware(*, access_log: bool, stats: Stats) -> Any:
             response.headers[REQUEST_ID] = request_id
         elapsed = time.perf_counter() - started
         if record.route is not None and record.cache is not None:
-            stats.record(record.route, record.cache, elapsed, usage=record.usage)
+            stats.record(record.route, record.cache, elapsed, usage=record.usage, key=record.key)
             if record.upstream_ms is not None and record.cache in UPSTREAM_OUTCOMES:
                 stats.record_upstream(record.route, record.upstream_ms / 1000)
         if access_log:
@@ -129,3 +134,46 @@ def _http_message(exc: web.HTTPException) -> str:
     if exc.status == 413:
         return "request body is too large"
     return exc.reason
+
+
+CORS_ORIGIN_KEY = web.RequestKey("cors_origin", str)
+
+
+def cors_middleware(policy: CorsPolicy, methods_for: Callable[[str], frozenset[str] | None], refusals: Refusals) -> Any:
+    """Answer preflights, refuse origins that are not allowed, mark the others for CORS headers."""
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None or origin == f"{request.scheme}://{request.host}":
+            return await handler(request)  # not a cross-origin request
+        if not policy.allows(origin):
+            refusals.count(CORS_ORIGIN)
+            raise ClientRequestError(f"origin {origin} is not allowed (see PROXY_CORS_ORIGINS)", status=403)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            methods = methods_for(request.rel_url.raw_path)
+            if methods is None:
+                raise ClientRequestError(f"no route for {request.path}", status=404)
+            wanted = request.headers["Access-Control-Request-Method"].upper()
+            headers = policy.preflight_headers(
+                origin, methods, request.headers.get("Access-Control-Request-Headers", "")
+            )
+            if wanted not in methods or headers is None:
+                refusals.count(CORS_PREFLIGHT)
+                raise ClientRequestError(f"preflight refused: {wanted} or its headers are not allowed here", status=403)
+            return web.Response(status=204, headers=headers)
+        request[CORS_ORIGIN_KEY] = origin
+        return await handler(request)
+
+    return cors
+
+
+def cors_headers_hook(policy: CorsPolicy) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An `on_response_prepare` hook: CORS headers on every answer to an allowed origin, streams too."""
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.get(CORS_ORIGIN_KEY)
+        if origin is not None:
+            response.headers.update(policy.response_headers(origin))
+
+    return add_headers

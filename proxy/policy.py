@@ -51,6 +51,7 @@ NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {
     "cookie",
     "x-cache-ttl",
     "x-cache-debug",
+    "x-proxy-key",
 }
 NOT_FORWARDED_DOWNSTREAM = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 

@@ -12,15 +12,17 @@ import dataclasses
 import hashlib
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 
+from proxy.access import ACCESS_KEY_HEADER, AccessPolicy
 from proxy.admin_auth import is_loopback
-from proxy.cache_key import build_key, content_type_of, key_fields, key_input
+from proxy.cache_key import build_key, content_type_of, credential_fingerprint, key_fields, key_input
 from proxy.constants import (
     BYPASS,
     CACHE_STATUS,
@@ -49,6 +51,9 @@ from proxy.policy import (
     request_directives,
     request_uses_cache,
 )
+from proxy.prices import PriceTable
+from proxy.ratelimit import Decision, Limiter
+from proxy.refusals import ACCESS_DENIED, BUDGET_SPENT, RATE_LIMITED, Refusals
 from proxy.responses import cache_status, entry_response, stream_response
 from proxy.routes import Route, RouteMatch, RouteTable
 from proxy.settings import Settings
@@ -76,10 +81,18 @@ class CacheProxy:
         store: Store,
         client: UpstreamClient,
         coordinator: Coordinator | None = None,
+        access: AccessPolicy | None = None,
+        limiter: Limiter | None = None,
+        prices: PriceTable | None = None,
+        refusals: Refusals | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.coordinator = coordinator
+        self.access = access or AccessPolicy({}, open_access=True)
+        self.limiter = limiter or Limiter(None, key_prefix="", upstream=None, hits=None, daily_budget=None)
+        self.prices = prices or PriceTable({})
+        self.refusals = refusals or Refusals()
         self.routes = routes
         self.store = store
         self.client = client
@@ -100,8 +113,9 @@ class CacheProxy:
             )
         route = match.route
         record.route = route.name
+        client_headers, identity = self._admit(request, route)
         body = await read_body(request, self.settings.max_request_bytes)
-        upstream_request = self._upstream_request(request, match, raw_path, body)
+        upstream_request = self._upstream_request(request, match, raw_path, body, client_headers)
 
         if not request_uses_cache(route, request.method):
             return await self._forward(request, match, upstream_request, key=None, outcome=BYPASS)
@@ -114,7 +128,7 @@ class CacheProxy:
             batch = parse_batch(body)
             if batch is not None:
                 return await self._embeddings_batch(
-                    request, match, upstream_request, batch, ttl or route.ttl, directives
+                    request, match, upstream_request, batch, ttl or route.ttl, directives, client_headers, identity
                 )
         request_key = key_input(
             route=route,
@@ -122,10 +136,12 @@ class CacheProxy:
             upstream_path=upstream_request.path,
             query_string=upstream_request.query_string,
             body=body,
-            headers=request.headers,
+            headers=client_headers,
+            identity=identity,
         )
         key = build_key(route, match.template, match.params, request_key, prefix=self.settings.key_prefix)
         record.key_digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        record.key = key
         if X_CACHE_DEBUG in request.headers:
             self._check_debug_allowed(request)
             record.debug = {X_CACHE_KEY: key, X_CACHE_KEY_FIELDS: ", ".join(key_fields(route, request_key))}
@@ -136,9 +152,11 @@ class CacheProxy:
             now = self.clock()
             acceptable_age = directives.max_age is None or (entry is not None and entry.age(now) <= directives.max_age)
             if entry is not None and entry.is_fresh(now) and acceptable_age:
+                await self._check_hit_limit(record)
                 return self._from_entry(request, entry, HIT, now)
             if entry is not None and directives.max_age is None:
                 if entry.stale_within(route.stale_while_revalidate, now) and request.method != "HEAD":
+                    await self._check_hit_limit(record)
                     self._revalidate(match, upstream_request, key, ttl)
                     return self._from_entry(request, entry, STALE, now)
                 if entry.stale_within(route.stale_if_error, now):
@@ -156,6 +174,60 @@ class CacheProxy:
             ttl=ttl,
             stale=stale,
         )
+
+    def _admit(self, request: web.Request, route: Route) -> tuple[Mapping[str, str], str | None]:
+        """Who the client is, and the headers the key and the upstream see.
+
+        When the route's upstream key is the proxy's own, the client must authenticate (401
+        otherwise) and its credential is consumed here, so entries are shared between clients
+        (unless the route says `share_entries = false`: then the identity is part of the key).
+        Otherwise the client's own credential, if any, goes upstream and into the key as it is.
+        Returns the headers and the identity to put in the key (None to share entries)."""
+        record = request_log(request)
+        upstream = self.settings.upstreams[route.upstream]
+        if upstream.api_key and not self.access.open_access:
+            try:
+                client = self.access.authenticate(request.headers)
+            except ClientRequestError:
+                self.refusals.count(ACCESS_DENIED)
+                raise
+            record.client = client.label
+            headers = CIMultiDict(request.headers)
+            headers.popall("Authorization", None)
+            headers.popall(ACCESS_KEY_HEADER, None)
+            return headers, None if route.share_entries else client.label
+        fingerprint = credential_fingerprint(request.headers)
+        record.client = f"credential:{fingerprint[:16]}" if fingerprint else f"ip:{request.remote}"
+        return request.headers, None
+
+    async def _check_hit_limit(self, record: RequestLog) -> None:
+        if not self.limiter.enabled or record.client is None:
+            return
+        decision = await self.limiter.check_hit(record.client)
+        if decision.allowed and not self.settings.rate_limit_serve_hits:
+            decision = await self.limiter.check_upstream(record.client)
+        self._raise_if_refused(decision, record)
+
+    async def _check_upstream_limit(self, record: RequestLog) -> None:
+        if not self.limiter.enabled or record.client is None:
+            return
+        self._raise_if_refused(await self.limiter.check_upstream(record.client), record)
+
+    def _raise_if_refused(self, decision: Decision, record: RequestLog) -> None:
+        if decision.allowed:
+            return
+        self.refusals.count(BUDGET_SPENT if decision.reason == "daily budget spent" else RATE_LIMITED)
+        record.error = decision.reason
+        raise ClientRequestError(
+            f"{decision.reason} for this client: try again in {decision.retry_after} s",
+            status=429,
+            headers={"Retry-After": str(decision.retry_after)},
+        )
+
+    def _spend(self, record: RequestLog, usage: Usage | None) -> None:
+        """Count an upstream answer's cost against its client's daily budget (in the background)."""
+        if usage is not None and record.client is not None and self.limiter.daily_budget:
+            self._background(self.limiter.spend(record.client, self.prices.cost(usage)))
 
     def _from_entry(
         self, request: web.Request, entry: Entry, outcome: str, now: float, upstream_status: int | None = None
@@ -188,6 +260,8 @@ class CacheProxy:
         batch: Batch,
         ttl: int,
         directives: RequestDirectives,
+        client_headers: Mapping[str, str],
+        identity: str | None,
     ) -> web.StreamResponse:
         """Known inputs from their entries, the others in one upstream call (see embeddings.py)."""
         record = request_log(request)
@@ -203,7 +277,8 @@ class CacheProxy:
                     upstream_path=upstream_request.path,
                     query_string=upstream_request.query_string,
                     body=batch.single_body(item),
-                    headers=request.headers,
+                    headers=client_headers,
+                    identity=identity,
                 ),
                 prefix=self.settings.key_prefix,
             )
@@ -220,9 +295,12 @@ class CacheProxy:
                 items[index], model, tokens[index] = known[0], model or known[1], known[2]
         missing = [index for index, item in enumerate(items) if item is None]
         saved_tokens = sum(tokens)
+        if not missing:
+            await self._check_hit_limit(record)
         if missing:
             if directives.only_if_cached:
                 raise ClientRequestError("not in the cache, and the request asked for only-if-cached", status=504)
+            await self._check_upstream_limit(record)
             answered = await self._embed_missing(upstream_request, route, batch, missing, keys, ttl, record)
             if isinstance(answered, web.StreamResponse):
                 return answered  # the upstream's own answer, passed on as it came
@@ -283,6 +361,8 @@ class CacheProxy:
         # Shielded: the writes finish even if this request is cancelled; awaited so that a client
         # asking again at once finds the entries.
         await asyncio.shield(self._background(asyncio.gather(*writes)))
+        spent = sum(item_tokens for _, item_tokens in parts.values())
+        self._spend(record, Usage(str(orjson.loads(body).get("model") or "unknown"), spent, 0))
         return answered
 
     def _background(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
@@ -346,6 +426,7 @@ class CacheProxy:
         if flight is not None and flight.refusal is None and not flight.finished:
             outcome = COALESCED
         else:
+            await self._check_upstream_limit(record)
             # A refresh goes upstream whatever other replicas hold: it does not wait for their entries.
             flight = self._start_flight(match, upstream_request, key, ttl=ttl, coordinate=outcome != REFRESH)
         reader = flight.join()
@@ -385,6 +466,8 @@ class CacheProxy:
         )
         if outcome == COALESCED:
             record.usage = flight.usage
+        elif not flight.from_peer:
+            self._spend(record, flight.usage)
         return response
 
     def _start_flight(
@@ -431,7 +514,9 @@ class CacheProxy:
         if flight.key is not None and self.flights.get(flight.key) is flight:
             del self.flights[flight.key]
 
-    def _upstream_request(self, request: web.Request, match: RouteMatch, raw_path: str, body: bytes) -> UpstreamRequest:
+    def _upstream_request(
+        self, request: web.Request, match: RouteMatch, raw_path: str, body: bytes, client_headers: Mapping[str, str]
+    ) -> UpstreamRequest:
         route = match.route
         upstream = self.settings.upstreams[route.upstream]
         return UpstreamRequest(
@@ -439,7 +524,7 @@ class CacheProxy:
             method=request.method,
             path=route.upstream_path_for(raw_path, match.params),
             query_string=request.rel_url.raw_query_string,
-            headers=upstream_headers(request.headers, upstream),
+            headers=upstream_headers(client_headers, upstream),
             body=body,
         )
 

@@ -33,7 +33,7 @@ RESERVED_PREFIXES = ("/redis/",)
 _ROUTE_KEYS = {
     "name", "methods", "path", "paths", "upstream", "upstream_path", "strip_prefix", "ttl", "key",
     "statuses", "max_body_bytes", "cache", "vary_headers", "max_ttl", "openai_checks", "refuse_finish_reasons",
-    "stale_while_revalidate", "stale_if_error", "respect_cache_control",
+    "stale_while_revalidate", "stale_if_error", "respect_cache_control", "share_entries",
 }  # fmt: skip
 DEFAULT_REFUSED_FINISH_REASONS = ("length", "content_filter")
 
@@ -60,6 +60,7 @@ class Route:
     stale_while_revalidate: int = 0
     stale_if_error: int = 0
     respect_cache_control: bool = False
+    share_entries: bool = True
 
     @property
     def grace(self) -> int:
@@ -132,6 +133,11 @@ class RouteTable:
                 headers={"Allow": allowed},
             )
         return RouteMatch(route, template, {name: _decode_param(name, value) for name, value in raw_params.items()})
+
+    def methods_for(self, raw_path: str) -> frozenset[str] | None:
+        """The methods the route for this path accepts, or None when no route has it."""
+        found = self._find(raw_path)
+        return None if found is None else found[0].methods
 
     def _find(self, raw_path: str) -> tuple[Route, str, dict[str, str]] | None:
         route = self._literal.get(raw_path)
@@ -331,8 +337,8 @@ def _parse_route(raw: Mapping[str, Any], *, where: str, source: str, upstreams: 
             raise fail(window, str(exc)) from None
 
     flags = {}
-    for flag in ("openai_checks", "respect_cache_control"):
-        flags[flag] = raw.get(flag, False)
+    for flag, default in (("openai_checks", False), ("respect_cache_control", False), ("share_entries", True)):
+        flags[flag] = raw.get(flag, default)
         if not isinstance(flags[flag], bool):
             raise fail(flag, "must be true or false")
     finish_reasons = raw.get("refuse_finish_reasons", list(DEFAULT_REFUSED_FINISH_REASONS))
@@ -358,6 +364,7 @@ def _parse_route(raw: Mapping[str, Any], *, where: str, source: str, upstreams: 
         stale_while_revalidate=windows["stale_while_revalidate"],
         stale_if_error=windows["stale_if_error"],
         respect_cache_control=flags["respect_cache_control"],
+        share_entries=flags["share_entries"],
     )
 
 

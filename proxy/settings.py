@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from proxy.errors import SettingsError
+from proxy.ratelimit import Limit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # In a checkout `config/` sits beside the package; a wheel installs the file under share/.
@@ -80,8 +81,21 @@ class Settings:
     drain_delay: float = 3.0
     prices_file: Path = field(default_factory=lambda: default_config_file("prices.toml"))
     stats_flush_interval: float = 1.0
+    stats_retention: float = 86400.0
     coalesce_wait: float = 30.0
     coalesce_lock_ttl: float = 120.0
+    # Browser frontends (README "Serving browser frontends").
+    cors_origins: tuple[str, ...] = ()
+    access_keys: str = field(default="", repr=False)
+    access_keys_file: Path | None = None
+    jwt_hs256_secret: str | None = field(default=None, repr=False)
+    jwt_rs256_public_key: str | None = None
+    jwt_audience: str = "artstory-proxy"
+    open_access: bool = False
+    rate_limit_upstream: Limit | None = None
+    rate_limit_hits: Limit | None = None
+    rate_limit_serve_hits: bool = True
+    daily_budget_usd: float | None = None
     log_level: str = "info"
     log_format: str = "auto"
     access_log: bool = True
@@ -113,8 +127,20 @@ class Settings:
             if "PROXY_PRICES" in values
             else default_config_file("prices.toml"),
             stats_flush_interval=reader.seconds("PROXY_STATS_FLUSH_INTERVAL", 1.0),
+            stats_retention=reader.duration("PROXY_STATS_RETENTION", 86400.0, minimum=60.0),
             coalesce_wait=reader.seconds("PROXY_COALESCE_WAIT", 30.0),
             coalesce_lock_ttl=reader.seconds("PROXY_COALESCE_LOCK_TTL", 120.0),
+            cors_origins=_origins(values.get("PROXY_CORS_ORIGINS", "")),
+            access_keys=values.get("PROXY_ACCESS_KEYS", ""),
+            access_keys_file=Path(values["PROXY_ACCESS_KEYS_FILE"]) if "PROXY_ACCESS_KEYS_FILE" in values else None,
+            jwt_hs256_secret=values.get("PROXY_JWT_HS256_SECRET"),
+            jwt_rs256_public_key=values.get("PROXY_JWT_RS256_PUBLIC_KEY"),
+            jwt_audience=values.get("PROXY_JWT_AUDIENCE", "artstory-proxy"),
+            open_access=reader.boolean("PROXY_OPEN_ACCESS", False),
+            rate_limit_upstream=reader.limit("PROXY_RATE_LIMIT_UPSTREAM"),
+            rate_limit_hits=reader.limit("PROXY_RATE_LIMIT_HITS"),
+            rate_limit_serve_hits=reader.boolean("PROXY_RATE_LIMIT_SERVE_HITS", True),
+            daily_budget_usd=reader.dollars("PROXY_DAILY_BUDGET_USD"),
             log_level=reader.choice("PROXY_LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("PROXY_LOG_FORMAT", "auto", LOG_FORMATS),
             access_log=reader.boolean("PROXY_ACCESS_LOG", True),
@@ -157,6 +183,21 @@ class _Reader:
             raise SettingsError(name, f"{raw!r} must be {kind} number of seconds")
         return value
 
+    def duration(self, name: str, default: float, *, minimum: float) -> float:
+        """Seconds, or a duration such as `24h`, `90m`, `7d`; at least `minimum` seconds."""
+        raw = self._values.get(name)
+        if raw is None:
+            return default
+        from proxy.routes import parse_duration  # proxy.routes imports this module
+
+        try:
+            value = parse_duration(raw.strip())
+        except ValueError as exc:
+            raise SettingsError(name, f"{raw!r} {exc}") from None
+        if value < minimum:
+            raise SettingsError(name, f"{raw!r} is too short: at least {minimum:g} seconds")
+        return value
+
     def size(self, name: str, default: int) -> int:
         raw = self._values.get(name)
         if raw is None:
@@ -173,6 +214,27 @@ class _Reader:
         value = raw.strip().lower()
         if value not in allowed:
             raise SettingsError(name, f"{raw!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def limit(self, name: str) -> Limit | None:
+        raw = self._values.get(name)
+        if raw is None:
+            return None
+        try:
+            return Limit.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(name, str(exc)) from None
+
+    def dollars(self, name: str) -> float | None:
+        raw = self._values.get(name)
+        if raw is None:
+            return None
+        try:
+            value = float(raw.strip().lstrip("$"))
+        except ValueError:
+            raise SettingsError(name, f"{raw!r} is not an amount of US dollars") from None
+        if not 0 < value < float("inf"):
+            raise SettingsError(name, f"{raw!r} must be a positive amount")
         return value
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -252,6 +314,15 @@ def _upstreams(values: Mapping[str, str]) -> dict[str, Upstream]:
             key = values.get(f"PROXY_UPSTREAM_{match.group(1)}_KEY")
             upstreams[name] = Upstream(name, _upstream_url(variable, raw), key)
     return upstreams
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(item.strip().rstrip("/") for item in re.split(r"[,\s]+", raw) if item.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
+            raise SettingsError("PROXY_CORS_ORIGINS", f"{origin!r} is not an origin such as https://app.example")
+    return origins
 
 
 def _key_prefix(raw: str) -> str:

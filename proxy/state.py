@@ -9,6 +9,8 @@ from aiohttp import web
 from proxy.admin_auth import SETTINGS_KEY
 from proxy.metrics import ProxyCollector
 from proxy.proxy import CacheProxy
+from proxy.ratelimit import Limiter
+from proxy.refusals import Refusals
 from proxy.routes import RouteTable
 from proxy.stats import Stats
 from proxy.stats_keeper import StatsKeeper
@@ -30,3 +32,5 @@ STATE = web.AppKey("state", AppState)
 STATS = web.AppKey("stats", Stats)
 STATS_KEEPER = web.AppKey("stats_keeper", StatsKeeper)
 COLLECTOR = web.AppKey("collector", ProxyCollector)
+LIMITER = web.AppKey("limiter", Limiter)
+REFUSALS = web.AppKey("refusals", Refusals)

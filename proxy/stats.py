@@ -10,11 +10,15 @@ Field names: `<namespace>|n|<outcome>` request counts, `<namespace>|h|<kind>|<bu
 bucket counts and `<namespace>|hs|<kind>` their sums in microseconds (kind: hit, miss,
 upstream), `<namespace>|t|in` / `|t|out` tokens saved, `<namespace>|nusd` nano-dollars saved,
 `<namespace>|m|<model>|t` and `|m|<model>|nusd` the same per model.
+
+Hits per cache key are counted beside them (`key_hits`, one dict increment per hit) for the
+dashboard's most-hit keys; the flusher takes them with `take_key_hits`.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -33,6 +37,8 @@ LOOKUP_OUTCOMES = frozenset({HIT, STALE, MISS, REFRESH, COALESCED})
 BUCKETS: tuple[float, ...] = tuple(0.0001 * 1.25**index for index in range(60))
 PERCENTILES = (50, 95, 99)
 NANO = 1_000_000_000
+# Distinct keys whose hit counts wait for a flush at most (an outage keeps the most-hit ones).
+MAX_PENDING_KEYS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +57,11 @@ class Stats:
         self.started_at = time.time()
         self._names: dict[tuple[str, str], _FieldNames] = {}
         self._flushed: dict[str, int] = {}
+        self.key_hits: defaultdict[str, int] = defaultdict(int)
 
-    def record(self, namespace: str, outcome: str, seconds: float, *, usage: Usage | None = None) -> None:
+    def record(
+        self, namespace: str, outcome: str, seconds: float, *, usage: Usage | None = None, key: str | None = None
+    ) -> None:
         names = self._names.get((namespace, outcome)) or self._field_names(namespace, outcome)
         fields = self.fields
         fields[names.count] += 1
@@ -60,6 +69,8 @@ class Stats:
         fields[names.latency_sum] += int(seconds * 1_000_000)
         if usage is not None:  # what the cache answered instead of the upstream
             self._record_saving(namespace, usage)
+        if key is not None and outcome in HIT_KINDS:
+            self.key_hits[key] += 1
 
     def record_upstream(self, namespace: str, seconds: float) -> None:
         names = self._names.get((namespace, "upstream")) or self._field_names(namespace, "upstream")
@@ -97,6 +108,19 @@ class Stats:
         """Mark `flushed` deltas as written to the shared store."""
         for name, delta in flushed.items():
             self._flushed[name] = self._flushed.get(name, 0) + delta
+
+    def take_key_hits(self) -> dict[str, int]:
+        """The per-key hit counts since the last take; counting starts again from zero."""
+        taken, self.key_hits = dict(self.key_hits), defaultdict(int)
+        return taken
+
+    def restore_key_hits(self, taken: Mapping[str, int]) -> None:
+        """Give back counts whose flush failed, keeping at most `MAX_PENDING_KEYS` keys (the most hit)."""
+        for key, hits in taken.items():
+            self.key_hits[key] += hits
+        if len(self.key_hits) > MAX_PENDING_KEYS:
+            kept = heapq.nlargest(MAX_PENDING_KEYS, self.key_hits.items(), key=lambda item: item[1])
+            self.key_hits = defaultdict(int, kept)
 
 
 def report(fields: Mapping[str, int], namespaces: Iterable[str]) -> dict[str, Any]:

@@ -2,23 +2,26 @@
 
 A background task flushes what grew since the last flush into one counter hash every
 `PROXY_STATS_FLUSH_INTERVAL` seconds (one pipelined HINCRBY batch), so a hit never waits for a
-counter round trip; a failed flush is retried with the next one, nothing is lost. Keyspace
-usage (entries and bytes per namespace) walks the store, so it is cached for a few seconds.
+counter round trip; a failed flush is retried with the next one, nothing is lost. The same
+pipeline adds the deltas to the per-minute history and the per-key hits to the most-hit keys
+(`history.py`). Keyspace usage (entries and bytes per namespace) walks the store, so it is
+cached for a few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 
 from proxy.constants import INTERNAL_NAMESPACE
 from proxy.errors import StoreError
+from proxy.history import DEFAULT_RETENTION, History
 from proxy.stats import Stats, report
-from proxy.store.base import KeyspaceUsage, Store
+from proxy.store.base import CounterWrite, KeyspaceUsage, Store
 
 USAGE_MAX_AGE = 10.0
 USAGE_BUDGET = 2.0
@@ -26,27 +29,44 @@ log = structlog.get_logger("proxy.stats")
 
 
 class StatsKeeper:
-    def __init__(self, stats: Stats, store: Store, *, namespaces: tuple[str, ...], key_prefix: str) -> None:
+    def __init__(
+        self,
+        stats: Stats,
+        store: Store,
+        *,
+        namespaces: tuple[str, ...],
+        key_prefix: str,
+        retention: float = DEFAULT_RETENTION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.stats = stats
         self.store = store
         self.namespaces = namespaces
         self.key_prefix = key_prefix
         self.counters_key = f"{key_prefix}{INTERNAL_NAMESPACE}:stats"
+        self.history = History(store, key_prefix=key_prefix, namespaces=namespaces, retention=retention, clock=clock)
         self._usage: dict[str, KeyspaceUsage] = {}
         self._usage_at = 0.0
         self._usage_lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
 
     async def flush(self) -> bool:
-        """Write pending deltas; True when there was nothing to write or the write succeeded."""
-        pending = self.stats.pending()
-        if not pending:
+        """Write pending deltas (counters, history, key hits in one batch); True when there was
+        nothing to write or the write succeeded."""
+        async with self._flush_lock:  # two flushes at once would write the same deltas twice
+            pending = self.stats.pending()
+            key_hits = self.stats.take_key_hits()
+            if not pending and not key_hits:
+                return True
+            writes = [CounterWrite(self.counters_key, pending)] if pending else []
+            writes += self.history.writes(pending, key_hits, self.history.clock())
+            try:
+                await self.store.write_counters(writes)
+            except StoreError:
+                self.stats.restore_key_hits(key_hits)
+                return False  # the store logged the outage; these deltas go with the next flush
+            self.stats.acknowledge(pending)
             return True
-        try:
-            await self.store.add_counters(self.counters_key, pending)
-        except StoreError:
-            return False  # the store logged the outage; these deltas go with the next flush
-        self.stats.acknowledge(pending)
-        return True
 
     async def run_flusher(self, interval: float) -> None:
         while True:
@@ -59,6 +79,13 @@ class StatsKeeper:
         for name, delta in self.stats.pending().items():
             shared[name] = shared.get(name, 0) + delta
         return shared
+
+    async def history_report(self, window: int, step: int) -> dict[str, Any]:
+        """The body of `GET /redis/stats/history`: every replica's flushed history plus this
+        process's pending part."""
+        return await self.history.read(
+            window, step, pending=self.stats.pending(), pending_key_hits=dict(self.stats.key_hits)
+        )
 
     async def usage(self, *, max_age: float = USAGE_MAX_AGE) -> dict[str, KeyspaceUsage]:
         """Entries and bytes per namespace, walked at most every `max_age` seconds."""

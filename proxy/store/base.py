@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,19 @@ class KeyspaceUsage:
     entries: int
     bytes: int
     complete: bool = True
+
+
+@dataclass(frozen=True)
+class CounterWrite:
+    """One key's part of a `write_counters` batch: add `deltas` to the fields of a hash (or, with
+    `sorted_set`, to the scores of a sorted set's members); with `ttl`, (re)set the key's expiry
+    to that many seconds; with `keep`, trim a sorted set to its `keep` highest members."""
+
+    key: str
+    deltas: Mapping[str, int]
+    ttl: float | None = None
+    sorted_set: bool = False
+    keep: int | None = None
 
 
 class Store(abc.ABC):
@@ -68,6 +82,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def read_counters(self, key: str) -> dict[str, int]:
         """Every field of the counter hash `key`."""
+
+    @abc.abstractmethod
+    async def write_counters(self, writes: Sequence[CounterWrite]) -> None:
+        """Apply several counter writes together (one round trip where the store allows)."""
+
+    async def read_counters_many(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        """Every field of several counter hashes, in order (absent keys read as empty)."""
+        return [await self.read_counters(key) for key in keys]
+
+    @abc.abstractmethod
+    async def top_scores(self, keys: Sequence[str], count: int, *, scratch_key: str) -> list[tuple[str, int]]:
+        """The `count` highest members of the union (scores added) of the sorted sets `keys`,
+        highest first; `scratch_key` is a key the store may use briefly for the union."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release connections."""

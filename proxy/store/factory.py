@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import redis.asyncio as redis
 import structlog
 
 from proxy.coordination import Coordinator, RedisCoordinator
@@ -49,12 +50,18 @@ async def resolve_redis_url(settings: Settings) -> str:
     return MEMORY_URL
 
 
+def redis_client_of(store: Store) -> redis.Redis | None:
+    """The Redis client behind a store, or None for the embedded store."""
+    inner = getattr(store, "inner", store)
+    return inner.client if isinstance(inner, RedisStore) else None
+
+
 def coordinator_for(store: Store, settings: Settings) -> Coordinator:
     """Cross-replica coalescing through the store's Redis; a no-op for the embedded store."""
-    inner = getattr(store, "inner", store)
-    if isinstance(inner, RedisStore):
+    client = redis_client_of(store)
+    if client is not None:
         return RedisCoordinator(
-            inner.client,
+            client,
             key_prefix=settings.key_prefix,
             lock_ttl=settings.coalesce_lock_ttl,
             wait=settings.coalesce_wait,

@@ -5,19 +5,20 @@ dropped, and after `failure_threshold` consecutive failures the breaker opens: f
 `cooldown` seconds no request waits on the store at all. Then one call is let through; success
 closes the breaker. The outage is logged once when it starts (in the seed's words,
 `Redis connection failed: <reason>`) and once when it ends, never once per request.
-Administrative calls (delete, clear, ping) are not hidden: their errors reach the caller.
+Administrative calls (delete, clear, ping, statistics counters and history) are not hidden:
+their errors reach the caller.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import structlog
 
 from proxy.errors import StoreError
-from proxy.store.base import KeyspaceUsage, Store, StoreInfo
+from proxy.store.base import CounterWrite, KeyspaceUsage, Store, StoreInfo
 
 T = TypeVar("T")
 log = structlog.get_logger("proxy.store")
@@ -79,6 +80,15 @@ class FailOpenStore(Store):
 
     async def read_counters(self, key: str) -> dict[str, int]:
         return await self._reported(self.inner.read_counters(key))
+
+    async def write_counters(self, writes: Sequence[CounterWrite]) -> None:
+        await self._reported(self.inner.write_counters(writes))
+
+    async def read_counters_many(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        return await self._reported(self.inner.read_counters_many(keys))
+
+    async def top_scores(self, keys: Sequence[str], count: int, *, scratch_key: str) -> list[tuple[str, int]]:
+        return await self._reported(self.inner.top_scores(keys, count, scratch_key=scratch_key))
 
     async def close(self) -> None:
         await self.inner.close()

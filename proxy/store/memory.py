@@ -5,12 +5,13 @@ Used when no Redis is configured or reachable at start, and as the fast store in
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from proxy.store.base import KeyspaceUsage, Store, StoreInfo, glob_to_regex
+from proxy.store.base import CounterWrite, KeyspaceUsage, Store, StoreInfo, glob_to_regex
 
 # Rough bookkeeping cost of one entry beyond its key and value (dict slot, tuple, objects).
 ENTRY_OVERHEAD_BYTES = 120
@@ -31,6 +32,9 @@ class MemoryStore(Store):
         self._bytes = 0
         self.evictions = 0
         self._counters: dict[str, dict[str, int]] = {}
+        # Counter hashes and sorted sets written with a TTL (statistics history), by expiry time.
+        self._sorted: dict[str, dict[str, int]] = {}
+        self._counter_expiry: dict[str, float] = {}
 
     @property
     def used_bytes(self) -> int:
@@ -90,7 +94,40 @@ class MemoryStore(Store):
             counters[name] = counters.get(name, 0) + delta
 
     async def read_counters(self, key: str) -> dict[str, int]:
+        self._expire_counters()
         return dict(self._counters.get(key, {}))
+
+    async def write_counters(self, writes: Sequence[CounterWrite]) -> None:
+        self._expire_counters()
+        for write in writes:
+            if not write.deltas:
+                continue
+            target = (self._sorted if write.sorted_set else self._counters).setdefault(write.key, {})
+            for name, delta in write.deltas.items():
+                target[name] = target.get(name, 0) + delta
+            if write.sorted_set and write.keep is not None and len(target) > write.keep:
+                kept = heapq.nlargest(write.keep, target.items(), key=lambda item: item[1])
+                target.clear()
+                target.update(kept)
+            if write.ttl is not None:
+                self._counter_expiry[write.key] = self._clock() + write.ttl
+
+    async def top_scores(self, keys: Sequence[str], count: int, *, scratch_key: str) -> list[tuple[str, int]]:
+        self._expire_counters()
+        union: dict[str, int] = {}
+        for key in keys:
+            for member, score in self._sorted.get(key, {}).items():
+                union[member] = union.get(member, 0) + score
+        return heapq.nlargest(count, union.items(), key=lambda item: (item[1], item[0]))
+
+    def _expire_counters(self) -> None:
+        if not self._counter_expiry:
+            return
+        now = self._clock()
+        for key in [key for key, expires_at in self._counter_expiry.items() if expires_at <= now]:
+            del self._counter_expiry[key]
+            self._counters.pop(key, None)
+            self._sorted.pop(key, None)
 
     async def ping(self) -> StoreInfo:
         now = self._clock()

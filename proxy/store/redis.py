@@ -8,10 +8,11 @@ dead Redis costs a request at most one timeout.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
@@ -21,9 +22,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from proxy.errors import StoreError
-from proxy.store.base import KeyspaceUsage, Store, StoreInfo
+from proxy.store.base import CounterWrite, KeyspaceUsage, Store, StoreInfo
 
 SCAN_BATCH = 1000
+READ_BATCH = 240  # HGETALLs per pipeline when reading many counter hashes
+SCRATCH_TTL = 10  # seconds a union's scratch key may outlive a failed read
 _ERRNO = re.compile(r"Err(?:or|no) (\d+)")
 T = TypeVar("T")
 
@@ -104,6 +107,48 @@ class RedisStore(Store):
     async def read_counters(self, key: str) -> dict[str, int]:
         raw = await _call(self.client.hgetall(key))
         return {_text(name): int(value) for name, value in raw.items()}
+
+    async def write_counters(self, writes: Sequence[CounterWrite]) -> None:
+        """HINCRBY / ZINCRBY each delta, then trim and EXPIRE, all in one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        for write in writes:
+            if not write.deltas:
+                continue
+            if write.sorted_set:
+                for member, delta in write.deltas.items():
+                    pipe.zincrby(write.key, delta, member)
+                if write.keep is not None:
+                    pipe.zremrangebyrank(write.key, 0, -(write.keep + 1))
+            else:
+                for name, delta in write.deltas.items():
+                    pipe.hincrby(write.key, name, delta)
+            if write.ttl is not None:
+                pipe.expire(write.key, max(1, math.ceil(write.ttl)))
+        if len(pipe):
+            await _call(pipe.execute())
+
+    async def read_counters_many(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        """Pipelined HGETALLs, a few hundred a round trip."""
+        result: list[dict[str, int]] = []
+        for start in range(0, len(keys), READ_BATCH):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys[start : start + READ_BATCH]:
+                pipe.hgetall(key)
+            for raw in await _call(pipe.execute()):
+                result.append({_text(name): int(value) for name, value in raw.items()})
+        return result
+
+    async def top_scores(self, keys: Sequence[str], count: int, *, scratch_key: str) -> list[tuple[str, int]]:
+        """ZUNIONSTORE into a scratch key, ZREVRANGE its top, UNLINK it: one MULTI, nothing left behind."""
+        if not keys or count <= 0:
+            return []
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zunionstore(scratch_key, list(keys))
+        pipe.expire(scratch_key, SCRATCH_TTL)
+        pipe.zrevrange(scratch_key, 0, count - 1, withscores=True)
+        pipe.unlink(scratch_key)
+        replies = await _call(pipe.execute())
+        return [(_text(member), int(score)) for member, score in replies[2]]
 
     async def ping(self) -> StoreInfo:
         started = time.perf_counter()

@@ -46,11 +46,14 @@ async def test_a_miss_is_compressed_for_a_client_that_accepts_gzip(
     make_proxy: ProxyClientFactory, fake: FakeUpstream
 ) -> None:
     proxy = await make_proxy()
-    async with aiohttp.ClientSession(auto_decompress=False) as session, session.post(
-        str(proxy.make_url("/v1/chat/completions")),
-        json=chat_body(LONG_PROMPT),
-        headers={"Accept-Encoding": "gzip"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.post(
+            str(proxy.make_url("/v1/chat/completions")),
+            json=chat_body(LONG_PROMPT),
+            headers={"Accept-Encoding": "gzip"},
+        ) as response,
+    ):
         assert response.headers["X-Cache"] == "MISS"
         assert response.headers["Content-Encoding"] == "gzip"
         assert json.loads(gzip.decompress(await response.read()))["object"] == "chat.completion"
@@ -84,11 +87,14 @@ async def test_images_are_not_compressed_again(make_proxy: ProxyClientFactory, f
 
 async def test_streams_are_never_compressed_on_the_way_through(make_proxy: ProxyClientFactory) -> None:
     proxy = await make_proxy()
-    async with aiohttp.ClientSession(auto_decompress=False) as session, session.post(
-        str(proxy.make_url("/v1/chat/completions")),
-        json=chat_body(LONG_PROMPT, stream=True),
-        headers={"Accept-Encoding": "gzip"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.post(
+            str(proxy.make_url("/v1/chat/completions")),
+            json=chat_body(LONG_PROMPT, stream=True),
+            headers={"Accept-Encoding": "gzip"},
+        ) as response,
+    ):
         assert response.headers["X-Cache"] == "MISS"
         assert "Content-Encoding" not in response.headers
         assert (await response.read()).rstrip().endswith(b"data: [DONE]")

@@ -138,7 +138,7 @@ async def test_host_header_cannot_choose_the_upstream(proxy: TestClient, fake: F
 async def test_the_proxy_key_is_injected_only_when_the_client_sends_none(
     make_proxy: ProxyClientFactory, fake: FakeUpstream
 ) -> None:
-    proxy = await make_proxy(OPENAI_API_KEY="sk-proxy-owned")
+    proxy = await make_proxy(OPENAI_API_KEY="sk-proxy-owned", PROXY_OPEN_ACCESS="true")
     await (await proxy.post("/v1/chat/completions", json=chat_body("a"))).read()
     assert fake.seen[-1].headers["Authorization"] == "Bearer sk-proxy-owned"
     await (
@@ -288,7 +288,7 @@ async def test_followers_of_an_unstorable_answer_go_upstream_themselves(
 async def test_the_log_line_names_the_outcome_and_holds_no_secret(
     make_proxy: ProxyClientFactory, fake: FakeUpstream
 ) -> None:
-    proxy = await make_proxy(OPENAI_API_KEY="sk-proxy-secret-123")
+    proxy = await make_proxy(OPENAI_API_KEY="sk-proxy-secret-123", PROXY_OPEN_ACCESS="true")
     with capture_logs() as logs:
         for _ in range(2):
             await (

@@ -153,6 +153,7 @@ async def test_health_answers_within_a_second_when_redis_hangs(
             "status": "unhealthy",
             "store": "redis",
             "error": "Redis connection failed: no answer within 1 s",
+            "rate_limits": "off",
         }
     finally:
         hung.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from proxy.access import hash_access_key
 from tests.conftest import chat_body
 from tests.processes import ProxyProcess
 
@@ -16,6 +17,7 @@ UPSTREAM_KEY = "sk-upstream-secret-7f3a9c2e"
 ADMIN_TOKEN = "admin-secret-4b8d1e6f"
 CLIENT_KEY = "sk-client-secret-91c0d7aa"
 REDIS_PASSWORD = "redis-secret-2e5f8a1b"
+JWT_SECRET = "jwt-secret-0d9c3b7e"
 
 
 async def test_secrets_never_reach_the_log(upstream_url: str, tmp_path: Path, unused_tcp_port: int) -> None:
@@ -25,6 +27,8 @@ async def test_secrets_never_reach_the_log(upstream_url: str, tmp_path: Path, un
             "ARTWORK_API_URL": upstream_url,
             "OPENAI_API_KEY": UPSTREAM_KEY,
             "PROXY_ADMIN_TOKEN": ADMIN_TOKEN,
+            "PROXY_ACCESS_KEYS": "frontend:" + hash_access_key(CLIENT_KEY),
+            "PROXY_JWT_HS256_SECRET": JWT_SECRET,
             # A Redis that refuses connections, so error paths log too.
             "REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:{unused_tcp_port}/0",
             "PROXY_LOG_LEVEL": "debug",
@@ -34,9 +38,14 @@ async def test_secrets_never_reach_the_log(upstream_url: str, tmp_path: Path, un
     await process.start()
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with aiohttp.ClientSession() as session:
-        for headers in ({}, {"Authorization": f"Bearer {CLIENT_KEY}"}):
+        for headers, status in (
+            ({}, 401),
+            ({"Authorization": f"Bearer {CLIENT_KEY}"}, 200),
+            ({"Authorization": f"Bearer {CLIENT_KEY}x"}, 401),
+            ({"Authorization": "Bearer a.b.c"}, 401),
+        ):
             async with session.post(f"{process.url}/v1/chat/completions", json=chat_body(), headers=headers) as r:
-                assert r.status == 200
+                assert r.status == status
         async with session.get(f"{process.url}/v1/files", headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as r:
             assert r.status == 404
         async with session.delete(f"{process.url}/redis/clear", headers={"Authorization": "Bearer wrong"}) as r:
@@ -51,5 +60,5 @@ async def test_secrets_never_reach_the_log(upstream_url: str, tmp_path: Path, un
     assert await process.stop() == 0
     log = process.output()
     assert "Redis connection failed" in log  # the run did exercise the error paths
-    for secret in (UPSTREAM_KEY, ADMIN_TOKEN, CLIENT_KEY, REDIS_PASSWORD):
+    for secret in (UPSTREAM_KEY, ADMIN_TOKEN, CLIENT_KEY, REDIS_PASSWORD, JWT_SECRET):
         assert secret not in log, secret

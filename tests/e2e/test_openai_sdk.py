@@ -8,6 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from proxy.access import hash_access_key
 from tests.fake_upstream import FakeUpstream
 from tests.processes import ProxyProcess
 
@@ -24,6 +25,8 @@ async def running_proxy(upstream_url: str, tmp_path: Path) -> AsyncIterator[Prox
             "ARTWORK_API_URL": upstream_url,
             "IMAGE_API_URL": upstream_url,
             "OPENAI_API_KEY": FAKE_KEY,
+            # The SDK's api_key is the frontend's proxy access key; the proxy holds the real one.
+            "PROXY_ACCESS_KEYS": "frontend:" + hash_access_key("sk-client-key"),
             "REDIS_URL": "memory://",
         },
         tmp_path / "proxy.log",
@@ -48,6 +51,18 @@ async def test_the_same_chat_completion_twice_is_one_upstream_call(
     assert "Starry Night" in (first_completion.choices[0].message.content or "")
     assert second_completion.id == first_completion.id
     assert fake.calls["/chat/completions"] == 1
+    assert fake.seen[-1].headers["Authorization"] == f"Bearer {FAKE_KEY}"  # the access key stayed behind
+    await client.close()
+
+
+async def test_an_unknown_access_key_is_refused_before_any_upstream_call(
+    running_proxy: ProxyProcess, fake: FakeUpstream
+) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{running_proxy.url}/v1", api_key="sk-stolen-or-guessed", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert "unknown access key" in str(caught.value)
+    assert fake.total_calls == 0
     await client.close()
 
 

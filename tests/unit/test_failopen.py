@@ -1,10 +1,12 @@
 """Fail open: store errors become misses, the breaker spares requests the wait, one log per outage."""
 
+from collections.abc import Sequence
+
 import pytest
 from structlog.testing import capture_logs
 
 from proxy.errors import StoreError
-from proxy.store.base import KeyspaceUsage, Store, StoreInfo
+from proxy.store.base import CounterWrite, KeyspaceUsage, Store, StoreInfo
 from proxy.store.failopen import FailOpenStore
 from proxy.store.memory import MemoryStore
 
@@ -53,6 +55,14 @@ class FlakyStore(Store):
     async def read_counters(self, key: str) -> dict[str, int]:
         await self._check()
         return await self.inner.read_counters(key)
+
+    async def write_counters(self, writes: Sequence[CounterWrite]) -> None:
+        await self._check()
+        await self.inner.write_counters(writes)
+
+    async def top_scores(self, keys: Sequence[str], count: int, *, scratch_key: str) -> list[tuple[str, int]]:
+        await self._check()
+        return await self.inner.top_scores(keys, count, scratch_key=scratch_key)
 
 
 class Clock:
