@@ -26,7 +26,24 @@ async def health(store: Store, *, within: float = HEALTH_TIMEOUT) -> tuple[bool,
         ping.add_done_callback(_consume_result)
         reason = str(exc) if isinstance(exc, StoreError) else f"no answer within {within:g} s"
         return False, {"status": "unhealthy", "store": store.backend, "error": f"Redis connection failed: {reason}"}
-    return True, {"status": "healthy", "store": info.backend, "ping_ms": info.round_trip_ms, **info.details}
+    body = {"status": "healthy", "store": info.backend, "ping_ms": info.round_trip_ms, **info.details}
+    warnings = eviction_warnings(info.details) if info.backend == "redis" else []
+    if warnings:
+        body["warnings"] = warnings
+    return True, body
+
+
+def eviction_warnings(details: dict[str, Any]) -> list[str]:
+    """What is wrong with a Redis used as a cache: no memory bound, or a policy that will not evict."""
+    warnings = []
+    if details.get("maxmemory") == 0:
+        warnings.append("maxmemory is 0: Redis grows until the machine runs out of memory (see config/redis.conf)")
+    policy = str(details.get("maxmemory_policy") or "")
+    if policy == "noeviction":
+        warnings.append("maxmemory-policy is noeviction: once full, Redis refuses writes instead of evicting")
+    elif policy.startswith("volatile-"):
+        warnings.append(f"maxmemory-policy is {policy}: only keys with a TTL are evicted; allkeys-lfu suits a cache")
+    return warnings
 
 
 async def clear(store: Store, pattern: str | None, *, namespaces: Iterable[str], key_prefix: str) -> dict[str, Any]:

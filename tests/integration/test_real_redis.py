@@ -136,3 +136,17 @@ async def test_stats_and_metrics_on_real_redis(
     # A clear of everything leaves the shared counters alone: they are not cache entries.
     await (await first.delete("/redis/clear")).read()
     assert await real_redis.exists(f"{key_prefix}_artstory_proxy:stats") == 1
+
+
+async def test_health_warns_about_a_redis_that_will_not_evict(
+    proxy_on_redis: TestClient[web.Request, web.Application], real_redis: redis.Redis
+) -> None:
+    config = await real_redis.config_get("maxmemory*")
+    body = await (await proxy_on_redis.get("/redis/health")).json()
+    warnings = " ".join(body.get("warnings", []))
+    if int(config["maxmemory"]) == 0:
+        assert "maxmemory is 0" in warnings
+    if config["maxmemory-policy"] == "noeviction":
+        assert "noeviction" in warnings
+    if int(config["maxmemory"]) and config["maxmemory-policy"].startswith("allkeys"):
+        assert not warnings

@@ -45,3 +45,14 @@ def test_anything_else_is_refused(pattern: str) -> None:
     with pytest.raises(ClientRequestError) as caught:
         clear_patterns(pattern, NAMESPACES, "")
     assert caught.value.status == 400
+
+
+def test_eviction_warnings() -> None:
+    from proxy.operations import eviction_warnings
+
+    assert eviction_warnings({"maxmemory": 0, "maxmemory_policy": "noeviction"}) == [
+        "maxmemory is 0: Redis grows until the machine runs out of memory (see config/redis.conf)",
+        "maxmemory-policy is noeviction: once full, Redis refuses writes instead of evicting",
+    ]
+    assert "volatile-lru" in eviction_warnings({"maxmemory": 1, "maxmemory_policy": "volatile-lru"})[0]
+    assert eviction_warnings({"maxmemory": 268435456, "maxmemory_policy": "allkeys-lfu"}) == []
