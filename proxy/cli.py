@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -28,6 +29,7 @@ from proxy.stats import Stats
 from proxy.stats_keeper import StatsKeeper
 from proxy.store.base import Store
 from proxy.store.factory import open_store, resolve_redis_url
+from proxy.workers import available_cpus, supervise
 
 PROG = "artstory-proxy"
 DESCRIPTION = """\
@@ -42,6 +44,12 @@ working directory is read too; real environment variables win; options win over 
 _SERVE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--host", "PROXY_HOST", "address to listen on (env PROXY_HOST, default 0.0.0.0)"),
     ("--port", "PROXY_PORT", "port to listen on (env PROXY_PORT, default 8000)"),
+    (
+        "--workers",
+        "PROXY_WORKERS",
+        "worker processes sharing the port with SO_REUSEPORT (env PROXY_WORKERS; default auto: one per CPU "
+        "available with Redis, one with the embedded store)",
+    ),
     ("--routes", "PROXY_ROUTES", "route table file (env PROXY_ROUTES, default the shipped config/routes.toml)"),
     (
         "--redis-url",
@@ -186,17 +194,32 @@ def serve(settings: Settings, routes: RouteTable, prices: PriceTable, access: Ac
             "or PROXY_JWT_RS256_PUBLIC_KEY is set, or PROXY_OPEN_ACCESS=true",
             upstreams=held,
         )
-    app = create_app(settings, routes=routes, prices=prices, access=access)
+    # Resolved once, before any worker starts, so every worker uses the same store.
+    settings = dataclasses.replace(settings, redis_url=asyncio.run(resolve_redis_url(settings)))
+    count = settings.workers or (available_cpus() if settings.redis_url != MEMORY_URL else 1)
+    if count > 1 and settings.redis_url == MEMORY_URL:
+        log.warning("the embedded store lives in one process: running one worker, not several", asked=count)
+        count = 1
     log.info(
         "starting",
         version=__version__,
+        workers=count,
         routes=list(routes.namespaces),
         routes_file=str(settings.routes_file),
     )
+    if count == 1:
+        return _serve_one(settings, routes, prices, access, reuse_port=False)
+    return supervise(count, lambda _index: _serve_one(settings, routes, prices, access, reuse_port=True))
+
+
+def _serve_one(
+    settings: Settings, routes: RouteTable, prices: PriceTable, access: AccessPolicy, *, reuse_port: bool
+) -> int:
+    app = create_app(settings, routes=routes, prices=prices, access=access)
     try:
-        asyncio.run(run_server(app, settings))
+        asyncio.run(run_server(app, settings, reuse_port=reuse_port))
     except OSError as exc:
-        log.error("cannot listen", error=str(exc))
+        structlog.get_logger("proxy").error("cannot listen", error=str(exc))
         return 1
     return 0
 

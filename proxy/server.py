@@ -22,7 +22,7 @@ from proxy.state import STATE
 log = structlog.get_logger("proxy")
 
 
-async def run_server(app: web.Application, settings: Settings) -> None:
+async def run_server(app: web.Application, settings: Settings, *, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -30,7 +30,7 @@ async def run_server(app: web.Application, settings: Settings) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_port=reuse_port or None)
         await site.start()
         log.info("listening", url=f"http://{settings.host}:{settings.port}")
         received = await signals.get()

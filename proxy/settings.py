@@ -63,6 +63,7 @@ class Settings:
 
     host: str = "0.0.0.0"
     port: int = 8000
+    workers: int = 0  # 0: automatic (one per CPU with Redis, one with the embedded store)
     # None: no Redis variable was set, so start-up probes localhost:6379 and falls back to memory.
     redis_url: str | None = field(default=None, repr=False)
     redis_timeout: float = 0.5
@@ -108,6 +109,9 @@ class Settings:
         return cls(
             host=values.get("PROXY_HOST", "0.0.0.0"),
             port=reader.integer("PROXY_PORT", 8000, minimum=0, maximum=65535),
+            workers=0
+            if values.get("PROXY_WORKERS", "auto").strip().lower() == "auto"
+            else reader.integer("PROXY_WORKERS", 0, minimum=1, maximum=256),
             redis_url=_redis_url(values, reader),
             redis_timeout=reader.seconds("PROXY_REDIS_TIMEOUT", 0.5),
             redis_max_connections=reader.integer("PROXY_REDIS_MAX_CONNECTIONS", 64, minimum=1),

@@ -32,6 +32,7 @@ class ProxyProcess:
             "PROXY_HOST": "127.0.0.1",
             "PROXY_LOG_FORMAT": "json",
             "PROXY_DRAIN_DELAY": "0",
+            "PROXY_WORKERS": "1",
             **env,
             "PROXY_PORT": str(self.port),
         }
