@@ -27,3 +27,23 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: smoke
+## smoke: build the Docker image with buildah and check it from the host (tests/container/smoke.sh)
+smoke: $(STAMP)
+	bash tests/container/smoke.sh
+
+.PHONY: bench bench-quick
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) setup.cfg
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+## bench: the benchmark suite, about 12 min (wrk, redis-server on :6379; nginx if installed) -> benchmarks/results/
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+## bench-quick: the same scenarios with short runs and smaller counts, about 4 min
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)

@@ -127,7 +127,8 @@ def create_app(
         )
         flusher = asyncio.get_running_loop().create_task(keeper.run_flusher(settings.stats_flush_interval))
         yield
-        await proxy.drain(settings.shutdown_grace)
+        stop_by = app[STATE].stop_by
+        await proxy.drain(settings.shutdown_grace if stop_by is None else max(0.0, stop_by - time.monotonic()))
         await coordinator.close()
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 
 import structlog
 from aiohttp import web
@@ -42,6 +43,8 @@ async def run_server(app: web.Application, settings: Settings, *, reuse_port: bo
                 await asyncio.wait_for(signals.get(), delay)
     finally:
         # Signals that arrive from here on are queued and ignored: the shutdown is under way.
+        # One deadline for requests in flight and cache fills alike.
+        app[STATE].stop_by = time.monotonic() + settings.shutdown_grace
         await runner.cleanup()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

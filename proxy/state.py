@@ -22,6 +22,8 @@ class AppState:
     """Process-wide state the probes report."""
 
     draining: bool = False
+    # Monotonic time by which the whole shutdown (requests and cache fills) must be over.
+    stop_by: float | None = None
 
 
 SETTINGS = SETTINGS_KEY
