@@ -38,7 +38,14 @@ from proxy.state import (
 from proxy.stats import Stats
 from proxy.stats_keeper import StatsKeeper
 from proxy.store.base import Store
-from proxy.store.factory import coordinator_for, open_store, redis_client_of, resolve_redis_url
+from proxy.store.factory import (
+    coordinator_for,
+    open_store,
+    redis_client_of,
+    resolve_redis_url,
+    tier_invalidation_for,
+)
+from proxy.store.tiered import TieredStore
 from proxy.upstream import UpstreamClient, create_session
 
 
@@ -85,6 +92,7 @@ def create_app(
         own_session = session is None
         active_session = session if session is not None else create_session(settings)
         coordinator = coordinator_for(active_store, settings)
+        invalidation = tier_invalidation_for(active_store, settings)
         limiter = Limiter(
             redis_client_of(active_store),
             key_prefix=settings.key_prefix,
@@ -122,6 +130,7 @@ def create_app(
             key_prefix=settings.key_prefix,
             store_errors=lambda: getattr(active_store, "errors", 0),
             store_available=lambda: getattr(active_store, "available", True),
+            tier1=active_store.tier1_figures if isinstance(active_store, TieredStore) else None,
             usage=keeper.cached_usage,
             refusals=lambda: refusals.counts,
         )
@@ -130,6 +139,8 @@ def create_app(
         stop_by = app[STATE].stop_by
         await proxy.drain(settings.shutdown_grace if stop_by is None else max(0.0, stop_by - time.monotonic()))
         await coordinator.close()
+        if invalidation is not None:
+            await invalidation.close()
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher

@@ -26,9 +26,9 @@ from redis.exceptions import RedisError
 
 from proxy.constants import INTERNAL_NAMESPACE
 from proxy.entry import Entry
+from proxy.pubsub import Subscription
 
 POLL_INTERVAL = 0.1
-RECONNECT_DELAY = 1.0
 log = structlog.get_logger("proxy.coordination")
 
 # Delete the lock only if it still holds our token, so a leader whose lock expired and was taken
@@ -83,7 +83,7 @@ class RedisCoordinator(Coordinator):
         self.channel = f"{key_prefix}{INTERNAL_NAMESPACE}:filled"
         self._lock_prefix = f"{key_prefix}{INTERNAL_NAMESPACE}:lock:"
         self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
-        self._listener: asyncio.Task[None] | None = None
+        self._subscription = Subscription(client, self.channel, self._announce)
 
     def lock_key(self, key: str) -> str:
         return self._lock_prefix + key
@@ -99,7 +99,7 @@ class RedisCoordinator(Coordinator):
 
     async def wait_for(self, key: str, lookup: Callable[[], Awaitable[Entry | None]]) -> Entry | None:
         """The leader's entry once it is stored, or None when this flight should go upstream itself."""
-        self._ensure_listening()
+        self._subscription.ensure_running()
         deadline = time.monotonic() + self.wait
         waiter: asyncio.Future[bool] | None = None
         try:
@@ -131,35 +131,11 @@ class RedisCoordinator(Coordinator):
                     if not waiters:
                         del self._waiters[key]
 
-    def _ensure_listening(self) -> None:
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.get_running_loop().create_task(self._listen(), name="coalescing listener")
-
-    async def _listen(self) -> None:
-        """Wake the waiters of each key the other replicas announce; reconnect after failures."""
-        while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._announce(message["data"])
-            except (RedisError, OSError) as exc:
-                log.debug("coalescing listener lost its connection", error=str(exc))
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(RECONNECT_DELAY)
-
-    def _announce(self, data: bytes | str) -> None:
-        text = data.decode() if isinstance(data, bytes) else data
+    def _announce(self, text: str) -> None:
         stored, _, key = text.partition("|")
         for waiter in self._waiters.get(key, ()):
             if not waiter.done():
                 waiter.set_result(stored == "1")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await self._subscription.close()

@@ -112,6 +112,17 @@ def encode_entry(entry: Entry) -> bytes:
     return b"".join((head, header_block, payload))
 
 
+def entry_expiry(data: bytes) -> float | None:
+    """When stored bytes stop being useful (stored_at + fresh + stale), read off the header alone;
+    None when they are not an entry of this format."""
+    if len(data) < _HEADER.size:
+        return None
+    magic, version, _flags, _status, stored_at, fresh_for, stale_for, _length, _crc = _HEADER.unpack_from(data)
+    if magic != ENTRY_MAGIC or version != ENTRY_VERSION:
+        return None
+    return float(stored_at + fresh_for + stale_for)
+
+
 def decode_entry(data: bytes, *, accept_gzip: bool = False) -> Entry:
     """Parse stored bytes; raise `EntryDecodeError` for anything not exactly what we wrote.
 

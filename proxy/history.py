@@ -173,20 +173,22 @@ class History:
         window: int,
         step: int,
         *,
-        pending: Mapping[str, int] | None = None,
-        pending_key_hits: Mapping[str, int] | None = None,
+        pending: Callable[[], Mapping[str, int]] = dict,
+        key_hits: Mapping[str, int] | None = None,
         top: int = TOP_KEYS_SHOWN,
     ) -> dict[str, Any]:
-        """The body of `GET /redis/stats/history`. `pending` (this process's counts not yet
-        flushed) goes into the current minute and today, as `/redis/stats` adds it to `cluster`."""
+        """The body of `GET /redis/stats/history`. `pending()` (this process's counts not yet
+        flushed, asked for once the store has answered) goes into the current minute and today,
+        as `/redis/stats` adds it to `cluster`; `key_hits` likewise into the most-hit keys."""
         now = self.clock()
         minutes = window_minutes(now, window)
         today = floor_to(now, DAY)
         hashes = await self.store.read_counters_many([*map(self.minute_key, minutes), self.day_key(today)])
         today_fields = hashes.pop()
-        if pending:
-            hashes[-1] = merge([hashes[-1], pending])
-            today_fields = merge([today_fields, pending])
+        unflushed = pending()
+        if unflushed:
+            hashes[-1] = merge([hashes[-1], unflushed])
+            today_fields = merge([today_fields, unflushed])
 
         grouped: dict[int, list[Mapping[str, int]]] = {}
         for start, fields in zip(minutes, hashes, strict=True):
@@ -199,7 +201,7 @@ class History:
             top * 2,
             scratch_key=f"{self.base}:topkeys:union:{uuid.uuid4().hex}",
         )
-        top_keys = merge([dict(scored), pending_key_hits or {}])
+        top_keys = merge([dict(scored), dict(key_hits or {})])
         ranked = heapq.nlargest(top, top_keys.items(), key=lambda item: (item[1], item[0]))
         return {
             "now": round(now, 3),

@@ -29,6 +29,7 @@ class ProxyCollector(Collector):
         store_available: Callable[[], bool],
         usage: Callable[[], Mapping[str, KeyspaceUsage]],
         refusals: Callable[[], Mapping[str, int]] = dict,
+        tier1: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.stats = stats
         self.routes = routes
@@ -37,6 +38,7 @@ class ProxyCollector(Collector):
         self.store_available = store_available
         self.usage = usage
         self.refusals = refusals
+        self.tier1 = tier1
 
     def collect(self) -> Iterator[Metric]:
         fields = dict(self.stats.fields)
@@ -83,6 +85,20 @@ class ProxyCollector(Collector):
         for reason, count in sorted(self.refusals().items()):
             refused.add_metric([reason], count)
         yield refused
+        if self.tier1 is not None:
+            figures = self.tier1()
+            yield CounterMetricFamily(
+                f"{PREFIX}_tier1_hits",
+                "Hits served by the in-process first tier, without Redis.",
+                value=figures["hits"],
+            )
+            yield CounterMetricFamily(
+                f"{PREFIX}_tier1_misses", "First-tier lookups that went on to Redis.", value=figures["misses"]
+            )
+            yield GaugeMetricFamily(f"{PREFIX}_tier1_bytes", "Bytes held by the first tier.", value=figures["bytes"])
+            yield GaugeMetricFamily(
+                f"{PREFIX}_tier1_entries", "Entries held by the first tier.", value=figures["entries"]
+            )
         yield GaugeMetricFamily(
             f"{PREFIX}_store_available",
             "1 while the store answers, 0 during an outage.",

@@ -75,17 +75,17 @@ class StatsKeeper:
 
     async def cluster_fields(self) -> dict[str, int]:
         """Every replica's flushed counters plus this process's pending ones."""
-        shared = await self.store.read_counters(self.counters_key)
-        for name, delta in self.stats.pending().items():
-            shared[name] = shared.get(name, 0) + delta
+        async with self._flush_lock:  # no flush between the read and `pending`: nothing counted twice or missed
+            shared = await self.store.read_counters(self.counters_key)
+            for name, delta in self.stats.pending().items():
+                shared[name] = shared.get(name, 0) + delta
         return shared
 
     async def history_report(self, window: int, step: int) -> dict[str, Any]:
         """The body of `GET /redis/stats/history`: every replica's flushed history plus this
         process's pending part."""
-        return await self.history.read(
-            window, step, pending=self.stats.pending(), pending_key_hits=dict(self.stats.key_hits)
-        )
+        async with self._flush_lock:  # as in `cluster_fields`
+            return await self.history.read(window, step, pending=self.stats.pending, key_hits=self.stats.key_hits)
 
     async def usage(self, *, max_age: float = USAGE_MAX_AGE) -> dict[str, KeyspaceUsage]:
         """Entries and bytes per namespace, walked at most every `max_age` seconds."""
@@ -118,6 +118,7 @@ class StatsKeeper:
             "used_memory": info.details.get("used_memory"),
             "maxmemory": info.details.get("maxmemory"),
             "evicted_keys": info.details.get("evicted_keys"),
+            "tier1": info.details.get("tier1"),  # the in-process first tier, when there is one
             "complete": all(item.complete for item in usage.values()),
             "namespaces": {name: {"entries": item.entries, "bytes": item.bytes} for name, item in usage.items()},
             "entries": sum(item.entries for item in usage.values()),

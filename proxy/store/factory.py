@@ -7,12 +7,16 @@ import asyncio
 import redis.asyncio as redis
 import structlog
 
+from proxy.constants import INTERNAL_NAMESPACE
 from proxy.coordination import Coordinator, RedisCoordinator
+from proxy.pubsub import Subscription
 from proxy.settings import MEMORY_URL, Settings, redact_url
 from proxy.store.base import Store
 from proxy.store.failopen import FailOpenStore
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
+from proxy.store.tiered import TieredStore
+from proxy.store.tinylfu import TinyLfuCache
 
 LOCAL_REDIS_URL = "redis://localhost:6379/0"
 log = structlog.get_logger("proxy.store")
@@ -51,9 +55,29 @@ async def resolve_redis_url(settings: Settings) -> str:
 
 
 def redis_client_of(store: Store) -> redis.Redis | None:
-    """The Redis client behind a store, or None for the embedded store."""
+    """The Redis client behind a store (under its first tier and fail-open wrapper), or None for
+    the embedded store."""
+    if isinstance(store, TieredStore):
+        store = store.second
     inner = getattr(store, "inner", store)
     return inner.client if isinstance(inner, RedisStore) else None
+
+
+def tier_invalidation_for(store: Store, settings: Settings) -> Subscription | None:
+    """Clears on any replica empty the matching first-tier entries of every replica."""
+    client = redis_client_of(store)
+    if not isinstance(store, TieredStore) or client is None:
+        return None
+    tiered = store
+
+    def invalidate(pattern: str) -> None:
+        removed = tiered.invalidate_locally(pattern)
+        log.debug("first tier cleared by another replica", pattern=pattern, removed=removed)
+
+    subscription = Subscription(client, f"{settings.key_prefix}{INTERNAL_NAMESPACE}:invalidate", invalidate)
+    store.announce_clears_with(subscription.publish)
+    subscription.ensure_running()
+    return subscription
 
 
 def coordinator_for(store: Store, settings: Settings) -> Coordinator:
@@ -71,10 +95,12 @@ def coordinator_for(store: Store, settings: Settings) -> Coordinator:
 
 def open_store(url: str, settings: Settings) -> Store:
     """The store for a resolved URL, wrapped so that its failures never fail a request."""
-    inner: Store
     if url == MEMORY_URL:
-        inner = MemoryStore(settings.memory_max_bytes)
-    else:
-        inner = RedisStore.from_url(url, timeout=settings.redis_timeout, max_connections=settings.redis_max_connections)
-        log.info("using Redis", url=redact_url(url))
-    return FailOpenStore(inner)
+        return FailOpenStore(MemoryStore(settings.memory_max_bytes))
+    shared = FailOpenStore(
+        RedisStore.from_url(url, timeout=settings.redis_timeout, max_connections=settings.redis_max_connections)
+    )
+    log.info("using Redis", url=redact_url(url), tier1_max_bytes=settings.tier1_max_bytes)
+    if not settings.tier1_max_bytes:
+        return shared
+    return TieredStore(TinyLfuCache(settings.tier1_max_bytes), shared, max_ttl=settings.tier1_max_ttl)

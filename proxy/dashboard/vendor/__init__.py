@@ -1,0 +1,1 @@
+"""The chart library the dashboard inlines (uPlot, MIT): data files, see README.md here."""
