@@ -10,12 +10,13 @@ import os
 import secrets
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 import structlog
 
-from proxy import __version__, operations
+from proxy import __version__, operations, warming
 from proxy.access import AccessPolicy, access_policy_from, hash_access_key
 from proxy.app import create_app
 from proxy.envfile import environment_with_dotenv
@@ -125,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(artwork_info:*, ai_content:chat.completions:*, ...). Keys of other applications are never touched.",
     )
     clear.add_argument("pattern", nargs="?", metavar="PATTERN", help="a glob inside one namespace")
+    warm = commands.add_parser(
+        "warm",
+        help="fill the cache from a file of requests, through a running proxy",
+        description="Send every request of a JSON-lines file (method, path, body, headers) through the running "
+        "proxy, so its answers are cached the normal way. Prints a summary (stored, already cached, failed); "
+        "exits 1 when any request failed.",
+    )
+    warm.add_argument("file", type=Path, metavar="FILE", help='JSON lines: {"method", "path", "body", "headers"}')
+    warm.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
+    warm.add_argument("--proxy-url", help="the proxy to warm (default http://127.0.0.1:$PROXY_PORT)")
+    warm.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header for every request, e.g. an access key: --header 'Authorization: Bearer ask-...'",
+    )
     hash_key = commands.add_parser(
         "hash-key",
         help="print the PROXY_ACCESS_KEYS entry for a client access key (or make a new key)",
@@ -168,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command in (None, "serve"):
         return serve(settings, routes, prices, access)
+    if args.command == "warm":
+        return run_warm(args, settings)
     return asyncio.run(run_operation(args.command, settings, routes, args))
 
 
@@ -222,6 +242,41 @@ def _serve_one(
         structlog.get_logger("proxy").error("cannot listen", error=str(exc))
         return 1
     return 0
+
+
+def run_warm(args: argparse.Namespace, settings: Settings) -> int:
+    if args.concurrency < 1:
+        print(f"{PROG}: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    headers = {}
+    for raw in args.header:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            print(f"{PROG}: --header {raw!r} is not 'Name: value'", file=sys.stderr)
+            return 2
+        headers[name.strip()] = value.strip()
+    if not args.file.is_file():
+        print(f"{PROG}: {args.file} is not a file", file=sys.stderr)
+        return 2
+    total = sum(
+        1
+        for line in args.file.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    summary = warming.WarmSummary()
+    base_url = (args.proxy_url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+    asyncio.run(
+        warming.warm(
+            warming.read_requests(args.file),
+            summary,
+            base_url=base_url,
+            concurrency=args.concurrency,
+            extra_headers=headers,
+            total=total,
+        )
+    )
+    _print_json(summary.as_dict())
+    return 1 if summary.failed else 0
 
 
 async def run_operation(command: str, settings: Settings, routes: RouteTable, args: argparse.Namespace) -> int:

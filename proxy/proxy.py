@@ -68,6 +68,7 @@ from proxy.upstream import (
 from proxy.usage import Usage
 
 log = structlog.get_logger("proxy.cache")
+HOT_KEYS_LIMIT = 100_000
 
 
 class CacheProxy:
@@ -99,6 +100,7 @@ class CacheProxy:
         self.clock = clock
         self.flights: dict[str, Flight] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._hot: dict[str, int] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         record = request_log(request)
@@ -153,6 +155,8 @@ class CacheProxy:
             acceptable_age = directives.max_age is None or (entry is not None and entry.age(now) <= directives.max_age)
             if entry is not None and entry.is_fresh(now) and acceptable_age:
                 await self._check_hit_limit(record)
+                if self.settings.refresh_ahead and request.method != "HEAD":
+                    self._refresh_ahead(match, upstream_request, key, ttl, entry, now)
                 return self._from_entry(request, entry, HIT, now)
             if entry is not None and directives.max_age is None:
                 if entry.stale_within(route.stale_while_revalidate, now) and request.method != "HEAD":
@@ -246,11 +250,39 @@ class CacheProxy:
             extra_headers=record.debug,
         )
 
-    def _revalidate(self, match: RouteMatch, upstream_request: UpstreamRequest, key: str, ttl: int | None) -> None:
-        """Refresh a stale entry in the background, once however many requests ask meanwhile."""
+    def _revalidate(
+        self,
+        match: RouteMatch,
+        upstream_request: UpstreamRequest,
+        key: str,
+        ttl: int | None,
+        *,
+        coordinate: bool = True,
+    ) -> None:
+        """Refresh an entry in the background, once however many requests ask meanwhile."""
         running = self.flights.get(key)
         if running is None or running.finished:
-            self._start_flight(match, upstream_request, key, ttl=ttl)
+            self._start_flight(match, upstream_request, key, ttl=ttl, coordinate=coordinate)
+
+    def _refresh_ahead(
+        self, match: RouteMatch, upstream_request: UpstreamRequest, key: str, ttl: int | None, entry: Entry, now: float
+    ) -> None:
+        """A hot entry close to its expiry is refreshed before it goes cold (PROXY_REFRESH_AHEAD).
+
+        Popularity is a hit count per key since its last refresh, in a dict bounded by
+        `HOT_KEYS_LIMIT` (emptied when full: the popular keys count up again at once)."""
+        hits = self._hot.get(key, 0) + 1
+        if len(self._hot) >= HOT_KEYS_LIMIT and key not in self._hot:
+            self._hot.clear()
+        self._hot[key] = hits
+        if (
+            hits >= self.settings.refresh_ahead_min_hits
+            and entry.ttl_left(now) <= entry.fresh_for * self.settings.refresh_ahead
+        ):
+            del self._hot[key]
+            # Not coordinated: the entry is still fresh, so waiting for another replica would just
+            # find it again. Each replica refreshes a hot key at most once per life of the entry.
+            self._revalidate(match, upstream_request, key, ttl, coordinate=False)
 
     async def _embeddings_batch(
         self,

@@ -85,6 +85,8 @@ class Settings:
     prices_file: Path = field(default_factory=lambda: default_config_file("prices.toml"))
     stats_flush_interval: float = 1.0
     stats_retention: float = 86400.0
+    refresh_ahead: float = 0.0  # 0 off; else the share of a hot entry's life left when it is refreshed
+    refresh_ahead_min_hits: int = 3
     coalesce_wait: float = 30.0
     coalesce_lock_ttl: float = 120.0
     # Browser frontends (README "Serving browser frontends").
@@ -138,6 +140,8 @@ class Settings:
             else default_config_file("prices.toml"),
             stats_flush_interval=reader.seconds("PROXY_STATS_FLUSH_INTERVAL", 1.0),
             stats_retention=reader.duration("PROXY_STATS_RETENTION", 86400.0, minimum=60.0),
+            refresh_ahead=reader.fraction("PROXY_REFRESH_AHEAD", 0.0),
+            refresh_ahead_min_hits=reader.integer("PROXY_REFRESH_AHEAD_MIN_HITS", 3, minimum=1),
             coalesce_wait=reader.seconds("PROXY_COALESCE_WAIT", 30.0),
             coalesce_lock_ttl=reader.seconds("PROXY_COALESCE_LOCK_TTL", 120.0),
             cors_origins=_origins(values.get("PROXY_CORS_ORIGINS", "")),
@@ -224,6 +228,18 @@ class _Reader:
         value = raw.strip().lower()
         if value not in allowed:
             raise SettingsError(name, f"{raw!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def fraction(self, name: str, default: float) -> float:
+        raw = self._values.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise SettingsError(name, f"{raw!r} is not a number") from None
+        if not 0 <= value < 1:
+            raise SettingsError(name, f"{raw!r} must be at least 0 and below 1 (a share of the entry's life)")
         return value
 
     def limit(self, name: str) -> Limit | None:

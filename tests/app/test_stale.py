@@ -156,3 +156,25 @@ async def test_client_max_age_refuses_stale(replica, clock: Clock, fake: FakeUps
     clock.now += 70
     response = await proxy.get("/artworks/x", headers={"Cache-Control": "max-age=600"})
     assert response.headers["X-Cache"] == "MISS"
+
+
+async def test_hot_entries_are_refreshed_before_they_expire(
+    replica,
+    clock: Clock,
+    fake: FakeUpstream,  # type: ignore[no-untyped-def]
+) -> None:
+    proxy = await replica(PROXY_REFRESH_AHEAD="0.2", PROXY_REFRESH_AHEAD_MIN_HITS="3")
+    await (await proxy.get("/artworks/popular")).read()
+    await (await proxy.get("/artworks/rare")).read()
+    clock.now += 50  # 10 s of the 60 s life left: within the last 20 %
+    for _ in range(3):
+        response = await proxy.get("/artworks/popular")
+        assert response.headers["X-Cache"] == "HIT"
+    await (await proxy.get("/artworks/rare")).read()  # one hit: not hot
+    await asyncio.sleep(0.2)
+    assert fake.calls["/artworks/popular"] == 2  # refreshed ahead, once
+    assert fake.calls["/artworks/rare"] == 1
+    clock.now += 30  # the first answer would have expired by now; the refreshed one has not
+    fresh = await proxy.get("/artworks/popular")
+    assert fresh.headers["X-Cache"] == "HIT"
+    assert (await fresh.json())["call"] == 3
