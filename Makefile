@@ -44,6 +44,6 @@ $(BENCH_STAMP): $(STAMP) setup.cfg
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-## bench-quick: the same scenarios with short runs and smaller counts, about 4 min
+## bench-quick: the same scenarios with short runs and smaller counts, about 5 min
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)

@@ -20,13 +20,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import redis.asyncio as redis
 import structlog
-from redis.exceptions import RedisError
 
 from proxy.constants import INTERNAL_NAMESPACE
 from proxy.entry import Entry
 from proxy.pubsub import Subscription
+from proxy.store.redis import REDIS_FAILURES
+from proxy.store.redis_clients import RedisClient
 
 POLL_INTERVAL = 0.1
 log = structlog.get_logger("proxy.coordination")
@@ -71,12 +71,12 @@ class _RedisLease(Lease):
             await self.coordinator.client.eval(
                 _RELEASE, 1, self.coordinator.lock_key(self.key), self.token, self.coordinator.channel, message
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("could not release a coalescing lock; it will expire", error=str(exc))
 
 
 class RedisCoordinator(Coordinator):
-    def __init__(self, client: redis.Redis, *, key_prefix: str, lock_ttl: float, wait: float) -> None:
+    def __init__(self, client: RedisClient, *, key_prefix: str, lock_ttl: float, wait: float) -> None:
         self.client = client
         self.lock_ttl = lock_ttl
         self.wait = wait
@@ -93,7 +93,7 @@ class RedisCoordinator(Coordinator):
         token = uuid.uuid4().hex
         try:
             taken = await self.client.set(self.lock_key(key), token, nx=True, px=int(self.lock_ttl * 1000))
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             return Lease()  # fail open: lead without a lock
         return _RedisLease(self, key, token) if taken else None
 
@@ -112,7 +112,7 @@ class RedisCoordinator(Coordinator):
                 try:
                     if not await self.client.exists(self.lock_key(key)):
                         return await lookup()  # the leader finished (or died) just now
-                except (RedisError, OSError):
+                except REDIS_FAILURES:
                     return None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -6,15 +6,18 @@ more keys in the same pipeline, so the history is cluster-wide and costs no extr
 - `<prefix>_artstory_proxy:history:<minute>`: a hash of the same fields (see `proxy.stats`) for
   the minute in which the flush happens (`<minute>` is the Unix time of its start), expiring
   `retention + 60` seconds later;
+- `<prefix>_artstory_proxy:history:10m:<start>`: the same for its ten minutes, expiring
+  `retention + 600` seconds later, so that long windows read a tenth as many hashes;
 - `<prefix>_artstory_proxy:history:day:<day>`: the same for the UTC day (the "today" figures),
   expiring two days later;
 - `<prefix>_artstory_proxy:topkeys:<hour>`: a sorted set of cache keys scored by their hits in
   that hour, trimmed to its `TOP_KEYS_KEPT` highest after each write (so heavy hitters stay exact
   and the long tail is dropped), expiring `retention + 3600` seconds later.
 
-Reading a window fetches its minute hashes (pipelined HGETALL), adds them up step by step and
-turns each step into the summary `proxy.stats.report` makes, so percentiles come from merged
-buckets exactly as in `/redis/stats`. Deltas are attributed to the minute of the flush that
+Reading a window fetches its minute hashes (pipelined HGETALL; its ten-minute hashes when the
+step is a multiple of ten minutes, as it is by default for windows over two hours), adds them up
+step by step and turns each step into the summary `proxy.stats.report` makes, so percentiles
+come from merged buckets exactly as in `/redis/stats`. Deltas are attributed to the minute of the flush that
 wrote them: with the default flush interval of one second a count lands in the minute it
 happened in, or the next one when it happened in the last second of a minute (or during an
 outage, in the minute of the flush that finally wrote it).
@@ -36,6 +39,7 @@ from proxy.stats import report
 from proxy.store.base import CounterWrite, Store
 
 MINUTE = 60
+TEN_MINUTES = 600
 HOUR = 3600
 DAY = 86400
 DEFAULT_RETENTION = DAY
@@ -45,6 +49,7 @@ TOP_KEYS_KEPT = 1000  # members of one hour's sorted set
 KEY_HITS_PER_FLUSH = 1000  # most-hit keys one flush writes; the rest of its tail is dropped
 TOP_KEYS_SHOWN = 20
 MAX_POINTS = 120  # the default step keeps a window to about this many points
+FINE_WINDOW = 2 * HOUR  # the longest window read minute by minute by default
 
 
 def floor_to(moment: float, size: int) -> int:
@@ -52,19 +57,20 @@ def floor_to(moment: float, size: int) -> int:
     return int(moment // size) * size
 
 
-def window_minutes(now: float, window: float) -> list[int]:
-    """Starts of the minutes a window ending now covers: the current (partial) one and the
-    `ceil(window / 60) - 1` before it."""
-    current = floor_to(now, MINUTE)
-    count = max(1, math.ceil(window / MINUTE))
-    return [current - MINUTE * index for index in range(count - 1, -1, -1)]
+def window_buckets(now: float, window: float, size: int = MINUTE) -> list[int]:
+    """Starts of the `size`-second buckets a window ending now covers: the current (partial) one
+    and the `ceil(window / size) - 1` before it."""
+    current = floor_to(now, size)
+    count = max(1, math.ceil(window / size))
+    return [current - size * index for index in range(count - 1, -1, -1)]
 
 
 def default_step(window: float) -> int:
-    """One minute for windows up to two hours; longer windows get whole-minute steps that keep
-    them to about `MAX_POINTS` points (24 h: 12 minutes)."""
-    minutes = math.ceil(window / MINUTE)
-    return MINUTE * max(1, math.ceil(minutes / MAX_POINTS))
+    """One minute for windows up to two hours; longer windows get steps of whole ten minutes
+    that keep them to about `MAX_POINTS` points (6 h: 10 minutes, 24 h: 20 minutes)."""
+    if window <= FINE_WINDOW:
+        return MINUTE
+    return TEN_MINUTES * max(1, math.ceil(window / TEN_MINUTES / MAX_POINTS))
 
 
 def parse_window(raw: str | None, *, retention: float) -> int:
@@ -143,6 +149,9 @@ class History:
     def minute_key(self, start: int) -> str:
         return f"{self.base}:history:{start}"
 
+    def ten_minutes_key(self, start: int) -> str:
+        return f"{self.base}:history:10m:{start}"
+
     def day_key(self, start: int) -> str:
         return f"{self.base}:history:day:{start}"
 
@@ -155,6 +164,8 @@ class History:
         if pending:
             minute_ttl = self.retention + MINUTE
             writes.append(CounterWrite(self.minute_key(floor_to(now, MINUTE)), pending, ttl=minute_ttl))
+            coarse_ttl = self.retention + TEN_MINUTES
+            writes.append(CounterWrite(self.ten_minutes_key(floor_to(now, TEN_MINUTES)), pending, ttl=coarse_ttl))
             writes.append(CounterWrite(self.day_key(floor_to(now, DAY)), pending, ttl=DAY_KEPT))
         if key_hits:
             writes.append(
@@ -181,9 +192,10 @@ class History:
         flushed, asked for once the store has answered) goes into the current minute and today,
         as `/redis/stats` adds it to `cluster`; `key_hits` likewise into the most-hit keys."""
         now = self.clock()
-        minutes = window_minutes(now, window)
+        size, key_of = (TEN_MINUTES, self.ten_minutes_key) if step % TEN_MINUTES == 0 else (MINUTE, self.minute_key)
+        buckets = window_buckets(now, window, size)
         today = floor_to(now, DAY)
-        hashes = await self.store.read_counters_many([*map(self.minute_key, minutes), self.day_key(today)])
+        hashes = await self.store.read_counters_many([*map(key_of, buckets), self.day_key(today)])
         today_fields = hashes.pop()
         unflushed = pending()
         if unflushed:
@@ -191,11 +203,11 @@ class History:
             today_fields = merge([today_fields, unflushed])
 
         grouped: dict[int, list[Mapping[str, int]]] = {}
-        for start, fields in zip(minutes, hashes, strict=True):
+        for start, fields in zip(buckets, hashes, strict=True):
             grouped.setdefault(floor_to(start, step), []).append(fields)
         points = [{"t": start, **report(merge(parts), ())} for start, parts in sorted(grouped.items())]
 
-        hours = sorted({floor_to(start, HOUR) for start in minutes})
+        hours = sorted({floor_to(start, HOUR) for start in buckets})
         scored = await self.store.top_scores(
             [self.top_keys_key(hour) for hour in hours],
             top * 2,

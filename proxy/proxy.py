@@ -101,6 +101,7 @@ class CacheProxy:
         self.flights: dict[str, Flight] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._hot: dict[str, int] = {}
+        self._starting: dict[str, asyncio.Future[None]] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         record = request_log(request)
@@ -454,13 +455,23 @@ class CacheProxy:
         With a `stale` entry in hand (within the route's stale-if-error window), an upstream that
         fails (unreachable, timed out, 5xx or 429) is answered with that entry instead."""
         record = request_log(request)
-        flight = self.flights.get(key) if key is not None else None
-        if flight is not None and flight.refusal is None and not flight.finished:
+        flight = await self._flight_to_join(key)
+        if flight is not None:
             outcome = COALESCED
         else:
-            await self._check_upstream_limit(record)
-            # A refresh goes upstream whatever other replicas hold: it does not wait for their entries.
-            flight = self._start_flight(match, upstream_request, key, ttl=ttl, coordinate=outcome != REFRESH)
+            # Identical requests arriving while this one passes its rate-limit check wait for the
+            # flight it starts instead of each taking a token of its own.
+            gate = asyncio.get_running_loop().create_future()
+            if key is not None:
+                self._starting[key] = gate
+            try:
+                await self._check_upstream_limit(record)
+                # A refresh goes upstream whatever other replicas hold: it does not wait for their entries.
+                flight = self._start_flight(match, upstream_request, key, ttl=ttl, coordinate=outcome != REFRESH)
+            finally:
+                if key is not None and self._starting.get(key) is gate:
+                    del self._starting[key]
+                gate.set_result(None)
         reader = flight.join()
         try:
             try:
@@ -501,6 +512,22 @@ class CacheProxy:
         elif not flight.from_peer:
             self._spend(record, flight.usage)
         return response
+
+    async def _flight_to_join(self, key: str | None) -> Flight | None:
+        """The flight fetching this key, waiting for one that is about to start; None to lead."""
+        while True:
+            flight = self._joinable(key)
+            gate = self._starting.get(key) if key is not None else None
+            if flight is not None or gate is None:
+                return flight
+            await asyncio.wait([gate])
+
+    def _joinable(self, key: str | None) -> Flight | None:
+        """The flight already fetching this key, when its answer may be shared."""
+        flight = self.flights.get(key) if key is not None else None
+        if flight is not None and flight.refusal is None and not flight.finished:
+            return flight
+        return None
 
     def _start_flight(
         self,

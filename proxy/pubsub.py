@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-import redis.asyncio as redis
 import structlog
 from redis.exceptions import RedisError
+
+from proxy.store.redis_clients import RedisClient
 
 RECONNECT_DELAY = 1.0
 log = structlog.get_logger("proxy.pubsub")
@@ -17,7 +18,7 @@ log = structlog.get_logger("proxy.pubsub")
 class Subscription:
     """Calls `on_message(text)` for every message on `channel`, from a task started on demand."""
 
-    def __init__(self, client: redis.Redis, channel: str, on_message: Callable[[str], None]) -> None:
+    def __init__(self, client: RedisClient, channel: str, on_message: Callable[[str], None]) -> None:
         self.client = client
         self.channel = channel
         self.on_message = on_message
@@ -41,6 +42,8 @@ class Subscription:
                         self.on_message(data.decode() if isinstance(data, bytes) else data)
             except (RedisError, OSError) as exc:
                 log.debug("listener lost its connection", channel=self.channel, error=str(exc))
+            except Exception as exc:  # redis-py's cluster pub/sub can fail oddly mid-failover; listen again
+                log.warning("listener failed; subscribing again", channel=self.channel, error=repr(exc))
             finally:
                 # A dedicated connection, closed whole: no pooled connection is left mid-reply.
                 with contextlib.suppress(RedisError, OSError):

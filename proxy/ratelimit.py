@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as redis
 import structlog
-from redis.exceptions import RedisError
 
 from proxy.constants import INTERNAL_NAMESPACE
+from proxy.store.redis import REDIS_FAILURES
+from proxy.store.redis_clients import RedisClient
 
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.IGNORECASE)
 _UNITS = {
@@ -41,10 +41,11 @@ BUDGET_KEY_TTL = 2 * 86400
 REDIS_RETRY_INTERVAL = 1.0  # while Redis is down, try it again at most this often
 log = structlog.get_logger("proxy.ratelimit")
 
-# KEYS[1] bucket, KEYS[2] budget (or ""), ARGV: capacity, refill per second, budget limit (or "").
+# KEYS[1] bucket, KEYS[2] budget (when there is one), ARGV: capacity, refill per second, budget.
+# Both keys carry the client in a {hash tag}, so on a Redis Cluster they share a slot.
 # Returns {allowed (1/0), milliseconds until allowed, reason (0 ok, 1 rate, 2 budget)}.
 _TAKE = """
-if KEYS[2] ~= '' and ARGV[3] ~= '' then
+if #KEYS > 1 and ARGV[3] ~= '' then
   local spent = tonumber(redis.call('GET', KEYS[2]) or '0')
   if spent >= tonumber(ARGV[3]) then return {0, -1, 2} end
 end
@@ -99,7 +100,7 @@ ALLOWED = Decision(True)
 class Limiter:
     def __init__(
         self,
-        client: redis.Redis | None,
+        client: RedisClient | None,
         *,
         key_prefix: str,
         upstream: Limit | None,
@@ -153,27 +154,27 @@ class Limiter:
                     pipe.expire(key, BUDGET_KEY_TTL)
                     await pipe.execute()
                 return
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 self._degrade(exc)
         self._local_spend[key] = self._local_spend.get(key, 0.0) + dollars
 
     async def _take(self, kind: str, client: str, limit: Limit | None, *, with_budget: bool) -> Decision:
-        bucket = f"{self._prefix}rl:{kind}:{client}"
+        bucket = f"{self._prefix}rl:{kind}:{{{client}}}"
         budget_key = self._budget_key(client) if with_budget and self.daily_budget else ""
         if self.client is not None and (not self.degraded or time.monotonic() >= self._retry_redis_at):
+            keys = [bucket, budget_key] if budget_key else [bucket]
             try:
                 allowed, wait_ms, reason = await self.client.eval(
                     _TAKE,
-                    2,
-                    bucket,
-                    budget_key,
+                    len(keys),
+                    *keys,
                     str(limit.count) if limit else "",
                     str(limit.rate) if limit else "",
                     str(self.daily_budget) if budget_key else "",
                 )
                 self._recovered()
                 return self._decision(int(allowed), int(wait_ms), int(reason))
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 self._degrade(exc)
         return self._take_locally(bucket, budget_key, limit)
 
@@ -200,7 +201,7 @@ class Limiter:
 
     def _budget_key(self, client: str) -> str:
         day = dt.datetime.fromtimestamp(self._clock(), dt.UTC).strftime("%Y-%m-%d")
-        return f"{self._prefix}budget:{client}:{day}"
+        return f"{self._prefix}budget:{{{client}}}:{day}"
 
     def _seconds_to_midnight(self) -> int:
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from proxy.errors import SettingsError
 from proxy.ratelimit import Limit
+from proxy.store.redis_clients import hosts_of
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # In a checkout `config/` sits beside the package; a wheel installs the file under share/.
@@ -22,7 +23,9 @@ _CONFIG_CANDIDATES = (PACKAGE_DIR.parent / "config", Path(sys.prefix) / "share" 
 
 REDIS_VARIABLES = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 MEMORY_URL = "memory://"
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
+_REDIS_SCHEMES = (
+    "redis", "rediss", "unix", "memory", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel",
+)  # fmt: skip
 _UPSTREAM_ENV = re.compile(r"^PROXY_UPSTREAM_([A-Z0-9_]+)_URL$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -294,8 +297,11 @@ def _redis_url(values: Mapping[str, str], reader: _Reader) -> str | None:
         if scheme not in _REDIS_SCHEMES:
             raise SettingsError(
                 "REDIS_URL",
-                f"scheme {scheme or '(none)'!r} is not supported: use redis://, rediss://, unix:// or memory://",
+                f"scheme {scheme or '(none)'!r} is not supported: use redis://, rediss://, unix://, "
+                "redis+cluster://, redis+sentinel:// or memory://",
             )
+        if "+" in scheme:
+            _check_hosts(url, sentinel=scheme.endswith("sentinel"))
         return MEMORY_URL if scheme == "memory" else url
     if not any(name in values for name in REDIS_VARIABLES):
         return None
@@ -308,6 +314,15 @@ def _redis_url(values: Mapping[str, str], reader: _Reader) -> str | None:
     auth = f":{quote(password, safe='')}@" if password else ""
     netloc_host = f"[{host}]" if ":" in host else host
     return f"redis://{auth}{netloc_host}:{port}/{db}"
+
+
+def _check_hosts(url: str, *, sentinel: bool) -> None:
+    try:
+        hosts_of(url)
+    except ValueError as exc:
+        raise SettingsError("REDIS_URL", f"{redact_url(url)}: {exc}") from None
+    if sentinel and not urlsplit(url).path.strip("/"):
+        raise SettingsError("REDIS_URL", "a Sentinel URL names its master: redis+sentinel://host:port/master-name")
 
 
 def _upstream_url(name: str, raw: str) -> str:
@@ -352,8 +367,10 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 
 def _key_prefix(raw: str) -> str:
-    if any(ch in raw for ch in "*?[]\\ \r\n\t") or not raw.isprintable():
-        raise SettingsError("PROXY_KEY_PREFIX", f"{raw!r} must not contain glob characters or whitespace")
+    if any(ch in raw for ch in "*?[]{}\\ \r\n\t") or not raw.isprintable():
+        raise SettingsError(
+            "PROXY_KEY_PREFIX", f"{raw!r} must not contain glob characters, hash-tag braces or whitespace"
+        )
     return raw
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as redis
 import structlog
 
 from proxy.constants import INTERNAL_NAMESPACE
@@ -15,6 +14,7 @@ from proxy.store.base import Store
 from proxy.store.failopen import FailOpenStore
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
+from proxy.store.redis_clients import RedisClient
 from proxy.store.tiered import TieredStore
 from proxy.store.tinylfu import TinyLfuCache
 
@@ -54,7 +54,7 @@ async def resolve_redis_url(settings: Settings) -> str:
     return MEMORY_URL
 
 
-def redis_client_of(store: Store) -> redis.Redis | None:
+def redis_client_of(store: Store) -> RedisClient | None:
     """The Redis client behind a store (under its first tier and fail-open wrapper), or None for
     the embedded store."""
     if isinstance(store, TieredStore):

@@ -12,21 +12,22 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
-import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from proxy.errors import StoreError
 from proxy.store.base import CounterWrite, KeyspaceUsage, Store, StoreInfo
+from proxy.store.redis_clients import RedisClient, redis_client
 
 SCAN_BATCH = 1000
-READ_BATCH = 240  # HGETALLs per pipeline when reading many counter hashes
+READ_BATCH = 60  # HGETALLs per pipeline when reading many counter hashes (short parses between)
 SCRATCH_TTL = 10  # seconds a union's scratch key may outlive a failed read
+# Redis failures, and the odd exception redis-py itself raises mid-failover (an AttributeError on a
+# connection being torn down): a cache must fail open on all of them.
+REDIS_FAILURES = (RedisError, OSError, AttributeError, KeyError, IndexError, TypeError)
 _ERRNO = re.compile(r"Err(?:or|no) (\d+)")
 T = TypeVar("T")
 
@@ -34,21 +35,14 @@ T = TypeVar("T")
 class RedisStore(Store):
     backend = "redis"
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float, max_connections: int) -> RedisStore:
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            client_name="artstory-proxy",
-        )
-        return cls(redis.Redis(connection_pool=pool))
+        """Any `REDIS_URL` form: a server, a Cluster, a master behind Sentinel (`redis_clients.py`)."""
+        return cls(redis_client(url, timeout=timeout, max_connections=max_connections))
 
     async def get(self, key: str) -> bytes | None:
         value = await _call(self.client.get(key))
@@ -68,35 +62,41 @@ class RedisStore(Store):
         removed: int = await _call(self.client.unlink(key))
         return removed > 0
 
+    async def _key_batches(self, pattern: str) -> AsyncIterator[list[bytes]]:
+        """The keys matching a pattern, a SCAN batch at a time (on every primary of a cluster)."""
+        batch: list[bytes] = []
+        try:
+            async for key in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
+                batch.append(key)
+                if len(batch) >= SCAN_BATCH:
+                    yield batch
+                    batch = []
+        except REDIS_FAILURES as exc:
+            raise StoreError(_describe(exc)) from exc
+        if batch:
+            yield batch
+
     async def delete_matching(self, pattern: str) -> int:
         """SCAN in batches and UNLINK each batch: Redis never blocks on a big keyspace."""
         removed = 0
-        cursor: int = 0
-        while True:
-            cursor, keys = await _call(self.client.scan(cursor=cursor, match=pattern, count=SCAN_BATCH))
-            if keys:
-                removed += await _call(self.client.unlink(*keys))
-            if cursor == 0:
-                return removed
+        async for keys in self._key_batches(pattern):
+            removed += await _call(self.client.unlink(*keys))
+        return removed
 
     async def usage(self, pattern: str, *, budget: float) -> KeyspaceUsage:
         """SCAN the pattern; STRLEN each batch in one pipeline; stop after `budget` seconds."""
         deadline = time.monotonic() + budget
         entries = size = 0
-        cursor: int = 0
-        while True:
-            cursor, keys = await _call(self.client.scan(cursor=cursor, match=pattern, count=SCAN_BATCH))
-            if keys:
-                pipe = self.client.pipeline(transaction=False)
-                for key in keys:
-                    pipe.strlen(key)
-                lengths = await _call(pipe.execute())
-                entries += sum(1 for length in lengths if length)
-                size += sum(lengths) + sum(len(key) for key, length in zip(keys, lengths, strict=True) if length)
-            if cursor == 0:
-                return KeyspaceUsage(entries, size)
+        async for keys in self._key_batches(pattern):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.strlen(key)
+            lengths = await _call(pipe.execute())
+            entries += sum(1 for length in lengths if length)
+            size += sum(lengths) + sum(len(key) for key, length in zip(keys, lengths, strict=True) if length)
             if time.monotonic() > deadline:
                 return KeyspaceUsage(entries, size, complete=False)
+        return KeyspaceUsage(entries, size)
 
     async def add_counters(self, key: str, deltas: dict[str, int]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -134,14 +134,15 @@ class RedisStore(Store):
             pipe = self.client.pipeline(transaction=False)
             for key in keys[start : start + READ_BATCH]:
                 pipe.hgetall(key)
-            for raw in await _call(pipe.execute()):
-                result.append({_text(name): int(value) for name, value in raw.items()})
+            result.extend(map(_counters, await _call(pipe.execute())))
         return result
 
     async def top_scores(self, keys: Sequence[str], count: int, *, scratch_key: str) -> list[tuple[str, int]]:
         """ZUNIONSTORE into a scratch key, ZREVRANGE its top, UNLINK it: one MULTI, nothing left behind."""
         if not keys or count <= 0:
             return []
+        if self.cluster:  # the sets live in different slots: add them up here instead
+            return await self._top_scores_merged(keys, count)
         pipe = self.client.pipeline(transaction=True)
         pipe.zunionstore(scratch_key, list(keys))
         pipe.expire(scratch_key, SCRATCH_TTL)
@@ -150,12 +151,26 @@ class RedisStore(Store):
         replies = await _call(pipe.execute())
         return [(_text(member), int(score)) for member, score in replies[2]]
 
+    async def _top_scores_merged(self, keys: Sequence[str], count: int) -> list[tuple[str, int]]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrange(key, 0, -1, withscores=True)
+        totals: dict[str, int] = {}
+        for members in await _call(pipe.execute()):
+            for member, score in members:
+                name = _text(member)
+                totals[name] = totals.get(name, 0) + int(score)
+        return sorted(totals.items(), key=lambda item: item[1], reverse=True)[:count]
+
     async def ping(self) -> StoreInfo:
         started = time.perf_counter()
-        await _call(self.client.ping())
+        if self.cluster:
+            await _call(self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+        else:
+            await _call(self.client.ping())
         round_trip_ms = (time.perf_counter() - started) * 1000
         try:
-            info: dict[str, Any] = await _call(self.client.info())
+            info: dict[str, Any] = await _call(self._info())
         except StoreError as exc:
             if not isinstance(exc.__cause__, ResponseError):
                 raise
@@ -170,17 +185,39 @@ class RedisStore(Store):
                 "maxmemory": info.get("maxmemory"),
                 "maxmemory_policy": info.get("maxmemory_policy"),
                 "evicted_keys": info.get("evicted_keys"),
+                **({"cluster_primaries": info["cluster_primaries"]} if "cluster_primaries" in info else {}),
             },
         )
 
+    async def _info(self) -> dict[str, Any]:
+        """INFO of the server, or of every primary of a cluster with the sizes added up."""
+        if not self.cluster:
+            info: dict[str, Any] = await self.client.info()
+            return info
+        per_node: dict[str, dict[str, Any]] = await self.client.info(target_nodes=RedisCluster.PRIMARIES)
+        nodes = list(per_node.values())
+        total = {
+            field: sum(int(node.get(field) or 0) for node in nodes)
+            for field in ("used_memory", "maxmemory", "evicted_keys")
+        }
+        return {
+            **nodes[0],
+            **total,
+            "used_memory_human": f"{total['used_memory'] / 2**20:.2f}M",
+            "cluster_primaries": len(nodes),
+        }
+
     async def close(self) -> None:
-        await self.client.aclose(close_connection_pool=True)
+        if isinstance(self.client, RedisCluster):
+            await self.client.aclose()
+        else:
+            await self.client.aclose(close_connection_pool=True)
 
 
 async def _call(awaitable: Awaitable[T]) -> T:
     try:
         return await awaitable
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         raise StoreError(_describe(exc)) from exc
 
 
@@ -191,6 +228,13 @@ def _describe(exc: BaseException) -> str:
     if errno:
         return os.strerror(int(errno.group(1)))
     return text.splitlines()[0]
+
+
+def _counters(raw: dict[Any, Any]) -> dict[str, int]:
+    """An HGETALL reply of counters, names decoded (the fast path for the usual bytes replies)."""
+    if raw and isinstance(next(iter(raw)), bytes):
+        return dict(zip(map(bytes.decode, raw), map(int, raw.values()), strict=True))
+    return {_text(name): int(value) for name, value in raw.items()}
 
 
 def _text(value: bytes | str) -> str:

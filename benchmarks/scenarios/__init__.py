@@ -1,0 +1,1 @@
+"""One module per scenario of issue 7; each fills its part of the results dictionary."""

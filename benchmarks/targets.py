@@ -1,0 +1,212 @@
+"""The performance targets of issue 7, judged from a results dictionary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MIB = 2**20
+HIT_VS_REDIS_LIMIT = 0.8
+FIRST_TIER_VS_CEILING = 0.9
+HIT_P99_MS = 5.0
+MISS_OVERHEAD_MS = 1.0
+COALESCE_CALLS = 1
+COALESCE_SPREAD_MS = 20.0
+RSS_LIMIT_BYTES = 60 * MIB
+KEY_SCALING_FLATNESS = 0.10
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One target: what it asks, what was measured and whether it holds."""
+
+    target: str
+    threshold: str
+    measured: str
+    result: str  # PASS, FAIL, n/a, not run, info
+
+
+def _rps(hits: dict[str, Any], payload: str, server: str, connections: int) -> float | None:
+    point = hits.get("data", {}).get(payload, {}).get(server, {}).get(str(connections))
+    return None if point is None else float(point["rps"])
+
+
+def short_count(value: int) -> str:
+    """1000 -> 1e3, 1000000 -> 1e6; other numbers with thousands separators."""
+    text = str(value)
+    if value >= 1000 and text.strip("0") == "1":
+        return f"1e{len(text) - 1}"
+    return f"{value:,}"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def _chat_peak_text(results: dict[str, Any]) -> str:
+    """The RSS peak without the 60 KB image runs, for comparison (1000 answers of 60 KB in flight)."""
+    peaks = [
+        point["extra"]["peak_rss"]
+        for name, series in (results.get("hits") or {}).get("data", {}).get("chat", {}).items()
+        if name.startswith("proxy") and name != "proxy-workers"
+        for point in series.values()
+    ]
+    peaks += [step["proxy"]["extra"]["peak_rss"] for step in (results.get("keys") or {}).get("data", {}).values()]
+    if results.get("memory"):
+        peaks.append(results["memory"]["peak_rss"])
+    return f"; {max(peaks) / MIB:.1f} MiB without the 60 KB image runs" if peaks else ""
+
+
+def evaluate(results: dict[str, Any]) -> list[Verdict]:
+    """Every target, in the issue's order."""
+    conns = int(results.get("config", {}).get("target_connections", 50))
+    hits = results.get("hits")
+    verdicts: list[Verdict] = []
+
+    if hits:
+        proxy = _rps(hits, "chat", "proxy", conns)
+        limit = _rps(hits, "chat", "redis-pipelined", conns)
+        if proxy and limit:
+            ratio = proxy / limit
+            verdicts.append(
+                Verdict(
+                    "Hits served from Redis vs the pipelined Redis limit",
+                    f">= {HIT_VS_REDIS_LIMIT:.1f}x",
+                    f"{ratio:.2f}x ({proxy:,.0f} vs {limit:,.0f} req/s; 1 KB chat, {conns} connections)",
+                    _verdict(ratio >= HIT_VS_REDIS_LIMIT),
+                )
+            )
+    else:
+        verdicts.append(Verdict("Hits served from Redis vs the pipelined Redis limit", ">= 0.8x", "", "not run"))
+    tier = _rps(hits, "chat", "proxy-tier1", conns) if hits else None
+    ceiling = _rps(hits, "chat", "ceiling", conns) if hits else None
+    if tier and ceiling:
+        verdicts.append(
+            Verdict(
+                "Hits served from the in-process first tier vs the aiohttp ceiling",
+                f">= {FIRST_TIER_VS_CEILING:.1f}x",
+                f"{tier / ceiling:.2f}x ({tier:,.0f} vs {ceiling:,.0f} req/s; 1 KB chat, {conns} connections)",
+                _verdict(tier / ceiling >= FIRST_TIER_VS_CEILING),
+            )
+        )
+    else:
+        reason = (hits or {}).get("skipped", {}).get("proxy-tier1", "not run")
+        verdicts.append(
+            Verdict(
+                "Hits served from the in-process first tier vs the aiohttp ceiling",
+                f">= {FIRST_TIER_VS_CEILING:.1f}x",
+                reason,
+                "n/a" if reason.startswith("n/a") else "not run",
+            )
+        )
+    if hits:
+        point = hits.get("data", {}).get("chat", {}).get("proxy", {}).get(str(conns))
+        if point is not None:
+            p99 = point["latency_us"]["p99"] / 1000
+            verdicts.append(
+                Verdict(
+                    f"Hit p99 at {conns} connections (Redis hits)",
+                    f"<= {HIT_P99_MS:g} ms",
+                    f"{p99:.2f} ms",
+                    _verdict(p99 <= HIT_P99_MS),
+                )
+            )
+        tier_point = hits.get("data", {}).get("chat", {}).get("proxy-tier1", {}).get(str(conns))
+        if tier_point is not None:
+            p99 = tier_point["latency_us"]["p99"] / 1000
+            verdicts.append(
+                Verdict(
+                    f"Hit p99 at {conns} connections (first-tier hits, defaults)",
+                    f"<= {HIT_P99_MS:g} ms",
+                    f"{p99:.2f} ms",
+                    _verdict(p99 <= HIT_P99_MS),
+                )
+            )
+    else:
+        verdicts.append(Verdict(f"Hit p99 at {conns} connections", f"<= {HIT_P99_MS:g} ms", "", "not run"))
+
+    miss = results.get("miss") or {}
+    judged = miss.get("latencies", [""])[0]
+    overheads = miss.get("overhead_ms", {}).get(judged, {}).get("proxy", {})
+    if overheads:
+        worst_conns, worst = max(overheads.items(), key=lambda item: item[1]["p50"])
+        verdicts.append(
+            Verdict(
+                "Miss overhead, median",
+                f"<= {MISS_OVERHEAD_MS:g} ms",
+                f"{worst['p50']:.2f} ms (upstream {judged}; worst of {', '.join(overheads)} connections, "
+                f"at {worst_conns}); "
+                f"p99 {worst['p99']:.2f} ms",
+                _verdict(worst["p50"] <= MISS_OVERHEAD_MS),
+            )
+        )
+    else:
+        verdicts.append(Verdict("Miss overhead, median", f"<= {MISS_OVERHEAD_MS:g} ms", "", "not run"))
+
+    rounds = (results.get("coalesce") or {}).get("data", {}).get("proxy")
+    requests = (results.get("coalesce") or {}).get("requests", 100)
+    if rounds:
+        calls = max(r["upstream_calls"] for r in rounds)
+        spread = max(r["spread_ms"] for r in rounds)
+        verdicts.append(
+            Verdict(
+                f"Coalescing: upstream calls for {requests} identical concurrent misses",
+                f"exactly {COALESCE_CALLS}",
+                f"{', '.join(str(r['upstream_calls']) for r in rounds)} (per round)",
+                _verdict(all(r["upstream_calls"] == COALESCE_CALLS for r in rounds)),
+            )
+        )
+        verdicts.append(
+            Verdict(
+                "Coalescing: last follower answered after the leader",
+                f"<= {COALESCE_SPREAD_MS:g} ms",
+                f"{spread:.1f} ms (worst round)",
+                _verdict(spread <= COALESCE_SPREAD_MS and calls == COALESCE_CALLS),
+            )
+        )
+    else:
+        verdicts.append(Verdict("Coalescing", "1 call, followers within 20 ms", "", "not run"))
+
+    peak = results.get("proxy_rss_peak")
+    if peak:
+        verdicts.append(
+            Verdict(
+                "Proxy RSS under load (one worker; any scenario, any key count)",
+                f"<= {RSS_LIMIT_BYTES / MIB:g} MiB",
+                f"{peak / MIB:.1f} MiB peak" + _chat_peak_text(results),
+                _verdict(peak <= RSS_LIMIT_BYTES),
+            )
+        )
+    else:
+        verdicts.append(Verdict("Proxy RSS under load", f"<= {RSS_LIMIT_BYTES / MIB:g} MiB", "", "not run"))
+
+    keys = results.get("keys")
+    if keys and keys.get("data"):
+        counts = [str(count) for count in keys["counts"] if str(count) in keys["data"]]
+        series = [keys["data"][count]["proxy"]["rps"] for count in counts]
+        first = series[0]
+        worst_change = max(abs(value - first) / first for value in series)
+        verdicts.append(
+            Verdict(
+                f"Hit throughput flat from {short_count(int(counts[0]))} to {short_count(int(counts[-1]))} entries",
+                f"within {KEY_SCALING_FLATNESS:.0%}",
+                " / ".join(f"{value:,.0f}" for value in series) + f" req/s (worst change {worst_change:.1%})",
+                _verdict(worst_change <= KEY_SCALING_FLATNESS),
+            )
+        )
+    else:
+        verdicts.append(Verdict("Hit throughput flat across key counts", "within 10%", "", "not run"))
+
+    if hits:
+        with_log = _rps(hits, "chat", "proxy", conns)
+        without = _rps(hits, "chat", "proxy-nolog", conns)
+        if with_log and without:
+            verdicts.append(
+                Verdict(
+                    "Access logging off (report only)",
+                    "-",
+                    f"{without:,.0f} vs {with_log:,.0f} req/s with it ({without / with_log:.2f}x)",
+                    "info",
+                )
+            )
+    return verdicts
