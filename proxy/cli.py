@@ -9,7 +9,7 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -232,12 +232,26 @@ def serve(settings: Settings, routes: RouteTable, prices: PriceTable, access: Ac
     return supervise(count, lambda _index: _serve_one(settings, routes, prices, access, reuse_port=True))
 
 
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked for (or `auto` and installed), else asyncio's own loop."""
+    if name in ("uvloop", "auto"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise ConfigError("invalid setting PROXY_EVENT_LOOP: uvloop is not installed") from None
+            return None
+        return uvloop.new_event_loop
+    return None
+
+
 def _serve_one(
     settings: Settings, routes: RouteTable, prices: PriceTable, access: AccessPolicy, *, reuse_port: bool
 ) -> int:
     app = create_app(settings, routes=routes, prices=prices, access=access)
     try:
-        asyncio.run(run_server(app, settings, reuse_port=reuse_port))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(run_server(app, settings, reuse_port=reuse_port))
     except OSError as exc:
         structlog.get_logger("proxy").error("cannot listen", error=str(exc))
         return 1
