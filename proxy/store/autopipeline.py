@@ -176,7 +176,9 @@ class AutoPipeline:
                 connect = loop.create_unix_connection(protocol_factory, endpoint.path)
             else:
                 context = ssl.create_default_context() if endpoint.tls else None
-                connect = loop.create_connection(protocol_factory, endpoint.host or "localhost", endpoint.port, ssl=context)
+                connect = loop.create_connection(
+                    protocol_factory, endpoint.host or "localhost", endpoint.port, ssl=context
+                )
             transport, _ = await asyncio.wait_for(connect, self.timeout)
             self._transport = transport
             setup = []

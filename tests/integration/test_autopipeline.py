@@ -48,7 +48,7 @@ async def test_a_hung_server_fails_the_lane_within_the_timeout_and_it_recovers()
     port = hung.getsockname()[1]
     store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.2, max_connections=2)
     try:
-        with pytest.raises(StoreError, match="Timeout|connect"):
+        with pytest.raises(StoreError, match=r"Timeout|connect"):
             await store.get("any")
     finally:
         hung.close()
