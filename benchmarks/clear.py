@@ -81,7 +81,7 @@ async def main_async(args: argparse.Namespace) -> None:
     upstream_port, proxy_port = free_port(), free_port()
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}
     children = [
-        subprocess.Popen(
+        subprocess.Popen(  # noqa: ASYNC220 - long-lived children, stopped below
             ["taskset", "-c", "1", sys.executable, "-m", "tests.fake_upstream", "--port", str(upstream_port)],
             cwd=REPO,
             env=env,
@@ -89,7 +89,7 @@ async def main_async(args: argparse.Namespace) -> None:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         ),
-        subprocess.Popen(
+        subprocess.Popen(  # noqa: ASYNC220
             [
                 "taskset",
                 "-c",
