@@ -170,6 +170,13 @@ class Settings:
         return self.redis_url is not None
 
 
+def _float(name: str, raw: str, what: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise SettingsError(name, f"{raw!r} is not {what}") from None
+
+
 class _Reader:
     """Typed reads of optional variables, raising `SettingsError` with the variable's name."""
 
@@ -193,10 +200,7 @@ class _Reader:
         raw = self._values.get(name)
         if raw is None:
             return default
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise SettingsError(name, f"{raw!r} is not a number of seconds") from None
+        value = _float(name, raw, "a number of seconds")
         if not (value > 0 or (allow_zero and value == 0)) or value == float("inf"):
             kind = "zero or a positive" if allow_zero else "a positive"
             raise SettingsError(name, f"{raw!r} must be {kind} number of seconds")
@@ -239,10 +243,7 @@ class _Reader:
         raw = self._values.get(name)
         if raw is None:
             return default
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise SettingsError(name, f"{raw!r} is not a number") from None
+        value = _float(name, raw, "a number")
         if not 0 <= value < 1:
             raise SettingsError(name, f"{raw!r} must be at least 0 and below 1 (a share of the entry's life)")
         return value
@@ -260,10 +261,7 @@ class _Reader:
         raw = self._values.get(name)
         if raw is None:
             return None
-        try:
-            value = float(raw.strip().lstrip("$"))
-        except ValueError:
-            raise SettingsError(name, f"{raw!r} is not an amount of US dollars") from None
+        value = _float(name, raw.strip().lstrip("$"), "an amount of US dollars")
         if not 0 < value < float("inf"):
             raise SettingsError(name, f"{raw!r} must be a positive amount")
         return value
