@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib
 import json
 import os
 import secrets
@@ -236,12 +237,13 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when asked for (or `auto` and installed), else asyncio's own loop."""
     if name in ("uvloop", "auto"):
         try:
-            import uvloop
+            uvloop = importlib.import_module("uvloop")  # optional: not a dependency
         except ImportError:
             if name == "uvloop":
                 raise ConfigError("invalid setting PROXY_EVENT_LOOP: uvloop is not installed") from None
             return None
-        return uvloop.new_event_loop
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
     return None
 
 
