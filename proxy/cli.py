@@ -186,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if args.command in (None, "serve"):
+        if settings.event_loop != "asyncio":
+            try:
+                loop_factory(settings.event_loop)
+            except ConfigError as exc:
+                print(f"{PROG}: {exc}", file=sys.stderr)
+                return 2
         return serve(settings, routes, prices, access)
     if args.command == "warm":
         return run_warm(args, settings)
