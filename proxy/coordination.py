@@ -19,6 +19,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
@@ -29,6 +30,7 @@ from proxy.store.redis import REDIS_FAILURES
 from proxy.store.redis_clients import RedisClient
 
 POLL_INTERVAL = 0.1
+T = TypeVar("T")
 log = structlog.get_logger("proxy.coordination")
 
 # Delete the lock only if it still holds our token, so a leader whose lock expired and was taken
@@ -76,14 +78,26 @@ class _RedisLease(Lease):
 
 
 class RedisCoordinator(Coordinator):
-    def __init__(self, client: RedisClient, *, key_prefix: str, lock_ttl: float, wait: float) -> None:
+    def __init__(
+        self, client: RedisClient, *, key_prefix: str, lock_ttl: float, wait: float, command_timeout: float = 1.0
+    ) -> None:
         self.client = client
+        self.command_timeout = command_timeout
         self.lock_ttl = lock_ttl
         self.wait = wait
         self.channel = f"{key_prefix}{INTERNAL_NAMESPACE}:filled"
         self._lock_prefix = f"{key_prefix}{INTERNAL_NAMESPACE}:lock:"
         self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
         self._subscription = Subscription(client, self.channel, self._announce)
+
+    async def _bounded(self, command: Awaitable[T]) -> T:
+        """A command that may not keep a flight waiting longer than the Redis timeout, whatever the
+        client does (a cluster client can hang while it rediscovers the slots). Shielded, so the
+        command itself is never cancelled halfway: it ends on its own, its answer unused."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(command), self.command_timeout)
+        except TimeoutError:
+            raise ConnectionError("Redis did not answer a coalescing command in time") from None
 
     def lock_key(self, key: str) -> str:
         return self._lock_prefix + key
@@ -92,7 +106,14 @@ class RedisCoordinator(Coordinator):
         """A lease when this process leads; None when another replica holds the lock."""
         token = uuid.uuid4().hex
         try:
-            taken = await self.client.set(self.lock_key(key), token, nx=True, px=int(self.lock_ttl * 1000))
+            taken = await self._bounded(
+                self.client.set(self.lock_key(key), token, nx=True, px=int(self.lock_ttl * 1000))
+            )
+            if not taken:
+                # A retried SET NX (a reply lost to a reconnect, a cluster redirect) answers "not set"
+                # when the first attempt did set it: the token says whose lock it is.
+                holder = await self._bounded(self.client.get(self.lock_key(key)))
+                taken = holder is not None and (holder if isinstance(holder, str) else holder.decode()) == token
         except REDIS_FAILURES:
             return Lease()  # fail open: lead without a lock
         return _RedisLease(self, key, token) if taken else None
@@ -110,7 +131,7 @@ class RedisCoordinator(Coordinator):
                 if waiter is not None and waiter.done() and not waiter.result():
                     return None  # the leader announced an answer it could not store
                 try:
-                    if not await self.client.exists(self.lock_key(key)):
+                    if not await self._bounded(self.client.exists(self.lock_key(key))):
                         return await lookup()  # the leader finished (or died) just now
                 except REDIS_FAILURES:
                     return None

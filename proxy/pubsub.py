@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from proxy.store.redis_clients import RedisClient
 
 RECONNECT_DELAY = 1.0
+CLOSE_TIMEOUT = 1.0
 log = structlog.get_logger("proxy.pubsub")
 
 
@@ -46,12 +47,12 @@ class Subscription:
                 log.warning("listener failed; subscribing again", channel=self.channel, error=repr(exc))
             finally:
                 # A dedicated connection, closed whole: no pooled connection is left mid-reply.
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                # Bounded: redis-py's cluster pub/sub can hang while closing mid-failover.
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(pubsub.aclose(), CLOSE_TIMEOUT)  # type: ignore[no-untyped-call]
             await asyncio.sleep(RECONNECT_DELAY)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task], timeout=2 * CLOSE_TIMEOUT)

@@ -89,6 +89,7 @@ def coordinator_for(store: Store, settings: Settings) -> Coordinator:
             key_prefix=settings.key_prefix,
             lock_ttl=settings.coalesce_lock_ttl,
             wait=settings.coalesce_wait,
+            command_timeout=2 * settings.redis_timeout,
         )
     return Coordinator()
 
