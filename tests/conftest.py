@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +116,20 @@ async def real_redis_store(real_redis: redis.Redis, key_prefix: str) -> AsyncIte
 
 def chat_body(content: str = "Tell me about the Mona Lisa", **extra: Any) -> dict[str, Any]:
     return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_test_keys() -> Iterator[None]:
+    """At the end of the run, delete every `test-*` key left in the test database: apps flush
+    their last counters while they shut down, which can be after a test's own clean-up."""
+    yield
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(REDIS_TEST_URL, socket_timeout=2)
+    try:
+        for key in client.scan_iter(match="test-*", count=1000):
+            client.unlink(key)
+    except sync_redis.RedisError:
+        pass  # no Redis here: nothing was written either
+    finally:
+        client.close()
