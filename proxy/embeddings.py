@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from proxy.bodies import json_or_none
+
 EMBEDDINGS = "embeddings"
 
 
@@ -39,10 +41,7 @@ class Batch:
 
 def parse_batch(body: bytes) -> Batch | None:
     """A batch when the body is a JSON object whose `input` lists two or more inputs."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
+    payload = json_or_none(body)
     if not isinstance(payload, dict):
         return None
     inputs = payload.get("input")
@@ -85,10 +84,7 @@ def split_answer(answer: Any, batch: Batch, indices: list[int]) -> dict[int, tup
 
 def item_of(single_answer: bytes) -> tuple[dict[str, Any], str | None, int] | None:
     """(embedding item, model, tokens) of a stored one-input answer."""
-    try:
-        document = orjson.loads(single_answer)
-    except orjson.JSONDecodeError:
-        return None
+    document = json_or_none(single_answer)
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
         return None

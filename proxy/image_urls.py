@@ -14,8 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
-
+from proxy.bodies import json_or_none
 from proxy.routes import Route
 
 SAFETY_MARGIN = 60
@@ -43,10 +42,7 @@ def answer_ttl(route: Route, headers: Mapping[str, str], body: bytes, ttl: int, 
         return ttl
     if b'"url"' not in body:
         return ttl
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return ttl
+    document = json_or_none(body)
     expiries = [expiry for url in _urls(document) if (expiry := url_expiry(url)) is not None]
     if not expiries:
         return ttl

@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from proxy.bodies import json_or_none, sse_data
 from proxy.routes import Route
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD", "POST"})
@@ -169,12 +168,12 @@ def openai_answer_refusal(route: Route, media_type: str, body: bytes) -> str | N
     """Answers an AI route must not store though they came with a 200: an error body, no
     choices or no data, an unfinished Responses API answer, or a refused finish reason."""
     if media_type == "text/event-stream":
-        documents = [_loads(data) for data in sse_data(body) if data != b"[DONE]"]
+        documents = [json_or_none(data) for data in sse_data(body) if data != b"[DONE]"]
         if any(document is None for document in documents):
             return "stream event is not JSON"
         return _stream_refusal(route, documents)
     if media_type == "application/json" or media_type.endswith("+json"):
-        document = _loads(body)
+        document = json_or_none(body)
         if not isinstance(document, dict):
             return "answer is not a JSON object"
         return _document_refusal(route, document)
@@ -217,23 +216,6 @@ def _stream_refusal(route: Route, events: list[Any]) -> str | None:
         if str(event.get("type", "")).startswith("response."):
             saw_choice = True  # Responses API events carry no choices
     return None if saw_choice else "empty choices"
-
-
-def sse_data(body: bytes) -> list[bytes]:
-    """The `data:` payloads of an event stream, one per event (multi-line data joined by newlines)."""
-    payloads = []
-    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
-        if lines:
-            payloads.append(b"\n".join(lines))
-    return payloads
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def sse_complete(body: bytes) -> bool:

@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 
 from proxy.access import ACCESS_KEY_HEADER, AccessPolicy
 from proxy.admin_auth import is_loopback
+from proxy.bodies import read_up_to
 from proxy.cache_key import build_key, content_type_of, credential_fingerprint, key_fields, key_input
 from proxy.constants import (
     BYPASS,
@@ -606,11 +607,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         )
     if not request.body_exists:
         return b""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ClientRequestError(f"request body is over the {limit}-byte limit", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = await read_up_to(request.content, limit)
+    if body is None:
+        raise ClientRequestError(f"request body is over the {limit}-byte limit", status=413)
+    return body

@@ -10,6 +10,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.bodies import read_up_to
 from proxy.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from proxy.policy import NOT_FORWARDED_DOWNSTREAM, NOT_FORWARDED_UPSTREAM
 from proxy.settings import Settings, Upstream
@@ -104,17 +105,10 @@ class UpstreamClient:
 
 async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """The whole body, or None once it grows past `limit` bytes."""
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
+        return await read_up_to(response.content, limit)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamError(f"upstream broke off: {describe(exc)}") from exc
-    return b"".join(chunks)
 
 
 def connect_error(upstream: Upstream, exc: BaseException) -> UpstreamConnectError:

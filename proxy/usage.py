@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from proxy.bodies import json_or_none, sse_data
 
 MAX_SSE_SCAN_EVENTS = 8
 
@@ -39,24 +39,15 @@ def usage_of(content_type: str | None, body: bytes) -> Usage | None:
     """The `usage` of an OpenAI-style JSON answer or event stream; None when there is none."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type == "application/json":
-        return _from_document(_loads(body))
+        return _from_document(json_or_none(body))
     if media_type == "text/event-stream":
         # The usage chunk is one of the last events, just before `data: [DONE]`.
-        events = body.rstrip().split(b"\n\n")
-        for event in reversed(events[-MAX_SSE_SCAN_EVENTS:]):
-            for line in event.splitlines():
-                if line.startswith(b"data:") and b'"usage"' in line:
-                    usage = _from_document(_loads(line[5:].strip()))
-                    if usage is not None:
-                        return usage
+        for data in reversed(sse_data(body, last=MAX_SSE_SCAN_EVENTS)):
+            if b'"usage"' in data:
+                usage = _from_document(json_or_none(data))
+                if usage is not None:
+                    return usage
     return None
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _from_document(document: Any) -> Usage | None:

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 import pytest
 from multidict import CIMultiDict
 
+from proxy.bodies import sse_data
 from proxy.image_urls import SAFETY_MARGIN, answer_ttl, url_expiry
-from proxy.policy import complete_body_refusal, sse_data
+from proxy.policy import complete_body_refusal
 from proxy.routes import Route
 
 AI = Route(
