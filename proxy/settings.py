@@ -165,10 +165,6 @@ class Settings:
             access_log=reader.boolean("PROXY_ACCESS_LOG", True),
         )
 
-    @property
-    def redis_configured(self) -> bool:
-        return self.redis_url is not None
-
 
 def _float(name: str, raw: str, what: str) -> float:
     try:

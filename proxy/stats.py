@@ -31,7 +31,6 @@ from proxy.usage import Usage
 
 OUTCOMES = (HIT, MISS, STALE, BYPASS, COALESCED, REFRESH)
 HIT_KINDS = frozenset({HIT, STALE})
-SAVED_OUTCOMES = frozenset({HIT, STALE, COALESCED})
 LOOKUP_OUTCOMES = frozenset({HIT, STALE, MISS, REFRESH, COALESCED})
 # 100 us to about 60 s in steps of 25 %.
 BUCKETS: tuple[float, ...] = tuple(0.0001 * 1.25**index for index in range(60))
