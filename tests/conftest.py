@@ -81,6 +81,23 @@ def make_proxy(
     return factory
 
 
+ReplicasFactory = Callable[..., Awaitable[list[TestClient[web.Request, web.Application]]]]
+
+
+@pytest.fixture
+def make_replicas(make_proxy: ProxyClientFactory) -> ReplicasFactory:
+    """`count` proxies in front of the fake upstream, sharing one (fake) Redis: replicas."""
+
+    async def factory(count: int = 2, **env: str) -> list[TestClient[web.Request, web.Application]]:
+        server = fakeredis.FakeServer()
+        return [
+            await make_proxy(store=FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server))), **env)
+            for _ in range(count)
+        ]
+
+    return factory
+
+
 @pytest.fixture
 async def proxy(make_proxy: ProxyClientFactory) -> TestClient[web.Request, web.Application]:
     return await make_proxy()

@@ -15,6 +15,21 @@ from redis.asyncio.cluster import RedisCluster
 NODE_TIMEOUT_MS = 1000
 
 
+async def wait_for_redis(port: int) -> None:
+    """Until the redis-server on `port` answers PING (five seconds at most)."""
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        for _ in range(100):
+            try:
+                await client.ping()
+                return
+            except redis.ConnectionError:
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"redis-server on {port} did not start")
+    finally:
+        await client.aclose()
+
+
 def _bindable(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -79,7 +94,7 @@ class LocalCluster:
                 stdout=subprocess.DEVNULL,
             )
         for port in self.ports:
-            await self._wait_for_ping(port)
+            await wait_for_redis(port)
         create = await asyncio.create_subprocess_exec(
             cli,
             "--cluster",
@@ -94,19 +109,6 @@ class LocalCluster:
         output, _ = await asyncio.wait_for(create.communicate(), 60)
         assert create.returncode == 0, output.decode(errors="replace")
         await self.wait_until_ok()
-
-    async def _wait_for_ping(self, port: int) -> None:
-        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            for _ in range(100):
-                try:
-                    await client.ping()
-                    return
-                except redis.ConnectionError:
-                    await asyncio.sleep(0.05)
-            raise AssertionError(f"redis-server on {port} did not start")
-        finally:
-            await client.aclose()
 
     async def wait_until_ok(self, attempts: int = 200) -> None:
         """Until every live node says cluster_state:ok and every slot is served."""

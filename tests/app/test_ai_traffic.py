@@ -10,7 +10,7 @@ import pytest
 from proxy.entry import decode_entry
 from proxy.store.failopen import FailOpenStore
 from proxy.store.redis import RedisStore
-from tests.conftest import ProxyClientFactory, chat_body
+from tests.conftest import ProxyClientFactory, ReplicasFactory, chat_body
 from tests.fake_upstream import FakeUpstream
 
 
@@ -133,15 +133,8 @@ async def test_image_generations_never_outlive_their_links(make_proxy: ProxyClie
     assert fake.calls["/images/generations"] == 4
 
 
-async def test_one_replica_waits_for_the_others_entry(upstream_url: str, fake: FakeUpstream, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
-    from proxy.app import create_app
-    from tests.conftest import settings_for
-
-    server = fakeredis.FakeServer()
-    replicas = []
-    for _ in range(2):
-        store = FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server)))
-        replicas.append(await aiohttp_client(create_app(settings_for(upstream_url), store=store)))
+async def test_one_replica_waits_for_the_others_entry(fake: FakeUpstream, make_replicas: ReplicasFactory) -> None:
+    replicas = await make_replicas()
     fake.latency = 0.3
     first = asyncio.ensure_future(replicas[0].post("/v1/chat/completions", json=chat_body()))
     await asyncio.sleep(0.1)
@@ -152,17 +145,8 @@ async def test_one_replica_waits_for_the_others_entry(upstream_url: str, fake: F
     assert fake.calls["/chat/completions"] == 1
 
 
-async def test_replicas_do_not_reuse_an_unstorable_answer(
-    upstream_url: str, fake: FakeUpstream, aiohttp_client
-) -> None:  # type: ignore[no-untyped-def]
-    from proxy.app import create_app
-    from tests.conftest import settings_for
-
-    server = fakeredis.FakeServer()
-    replicas = []
-    for _ in range(2):
-        store = FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server)))
-        replicas.append(await aiohttp_client(create_app(settings_for(upstream_url), store=store)))
+async def test_replicas_do_not_reuse_an_unstorable_answer(fake: FakeUpstream, make_replicas: ReplicasFactory) -> None:
+    replicas = await make_replicas()
     fake.latency = 0.2
     headers = {"x-fake-status": "503"}
     first = asyncio.ensure_future(replicas[0].post("/v1/chat/completions", json=chat_body(), headers=headers))

@@ -10,13 +10,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from proxy.app import create_app
 from proxy.state import STATS_KEEPER
 from proxy.store.base import Store
 from proxy.store.failopen import FailOpenStore
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
-from tests.conftest import ProxyClientFactory, chat_body, settings_for
+from tests.conftest import ProxyClientFactory, ReplicasFactory, chat_body
 from tests.unit.test_failopen import FlakyStore
 
 TOKEN = "an-admin-token-for-the-dashboard"
@@ -70,12 +69,8 @@ async def test_history_counts_unflushed_traffic_too(make_proxy: ProxyClientFacto
     assert body["top_keys"]["keys"][0]["hits"] == 2
 
 
-async def test_two_replicas_share_one_history(upstream_url: str, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
-    server = fakeredis.FakeServer()
-    clients = []
-    for _ in range(2):
-        store = FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server)))
-        clients.append(await aiohttp_client(create_app(settings_for(upstream_url), store=store)))
+async def test_two_replicas_share_one_history(make_replicas: ReplicasFactory) -> None:
+    clients = await make_replicas()
     for client in clients:
         await traffic(client)
         assert await client.app[STATS_KEEPER].flush()

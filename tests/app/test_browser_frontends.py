@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import fakeredis
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -14,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from proxy.access import hash_access_key
 from proxy.store.failopen import FailOpenStore
 from proxy.store.redis import RedisStore
-from tests.conftest import ProxyClientFactory, chat_body
+from tests.conftest import ProxyClientFactory, ReplicasFactory, chat_body
 from tests.fake_upstream import FakeUpstream
 
 APP = "https://artstory.example"
@@ -256,16 +255,8 @@ def test_bad_limits_name_the_variable(variable: str) -> None:
         Settings.from_env({variable: "lots"})
 
 
-async def test_limits_are_shared_through_redis(upstream_url: str, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
-    from proxy.app import create_app
-    from tests.conftest import settings_for
-
-    server = fakeredis.FakeServer()
-    replicas = []
-    for _ in range(2):
-        store = FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server)))
-        settings = settings_for(upstream_url, **KEYED, PROXY_RATE_LIMIT_UPSTREAM="3/min")
-        replicas.append(await aiohttp_client(create_app(settings, store=store)))
+async def test_limits_are_shared_through_redis(make_replicas: ReplicasFactory) -> None:
+    replicas = await make_replicas(**KEYED, PROXY_RATE_LIMIT_UPSTREAM="3/min")
     statuses = []
     for index in range(6):
         response = await replicas[index % 2].post("/v1/chat/completions", json=chat_body(f"q{index}"), headers=FRONTEND)

@@ -13,7 +13,7 @@ from proxy.app import create_app
 from proxy.state import STATS_KEEPER
 from proxy.store.failopen import FailOpenStore
 from proxy.store.redis import RedisStore
-from tests.conftest import ProxyClientFactory, chat_body, settings_for
+from tests.conftest import ProxyClientFactory, ReplicasFactory, chat_body, settings_for
 from tests.fake_upstream import FakeUpstream
 
 
@@ -46,12 +46,8 @@ async def test_stats_count_what_happened(make_proxy: ProxyClientFactory) -> None
     assert store["complete"] is True
 
 
-async def test_two_replicas_share_their_counters(upstream_url: str, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
-    server = fakeredis.FakeServer()
-    clients = []
-    for _ in range(2):
-        store = FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server)))
-        clients.append(await aiohttp_client(create_app(settings_for(upstream_url), store=store)))
+async def test_two_replicas_share_their_counters(make_replicas: ReplicasFactory) -> None:
+    clients = await make_replicas()
     for client in clients:
         await traffic(client)
         assert await client.app[STATS_KEEPER].flush()

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as redis
 from structlog.testing import capture_logs
 
 from proxy.store.failopen import FailOpenStore
@@ -19,6 +18,7 @@ from proxy.store.redis import RedisStore
 from tests.conftest import ProxyClientFactory
 from tests.fake_upstream import FakeUpstream
 from tests.processes import free_port
+from tests.redis_cluster import wait_for_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -50,17 +50,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
-        try:
-            for _ in range(100):
-                try:
-                    await client.ping()
-                    return
-                except redis.ConnectionError:
-                    await asyncio.sleep(0.05)
-            raise AssertionError("redis-server did not start")
-        finally:
-            await client.aclose()
+        await wait_for_redis(self.port)
 
     def kill(self) -> None:
         assert self.process is not None
