@@ -18,11 +18,13 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import jwt
+from typing import TYPE_CHECKING
 
 from proxy.errors import ClientRequestError, ConfigError
 from proxy.settings import Settings
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 ACCESS_KEY_HEADER = "X-Proxy-Key"
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="artstory-proxy"'}
@@ -71,6 +73,10 @@ class AccessPolicy:
     audience: str = "artstory-proxy"
     open_access: bool = False
 
+    def __post_init__(self) -> None:
+        if self.hs256_secret or self.rs256_public_key:
+            _jwt()  # imported at start-up when tokens are configured, not on the first request
+
     @property
     def configured(self) -> bool:
         return bool(self.key_hashes or self.hs256_secret or self.rs256_public_key)
@@ -93,6 +99,7 @@ class AccessPolicy:
         raise ClientRequestError("unknown access key", status=401, headers=_WWW_AUTHENTICATE)
 
     def _verify_jwt(self, token: str) -> str:
+        jwt = _jwt()
         try:
             header = jwt.get_unverified_header(token)
             algorithm = header.get("alg")
@@ -116,6 +123,13 @@ class AccessPolicy:
                 f"access token is not valid: {exc}", status=401, headers=_WWW_AUTHENTICATE
             ) from None
         return str(claims["sub"])
+
+
+def _jwt() -> ModuleType:
+    """PyJWT (with `cryptography`, about 11 MiB of memory), loaded only where JWTs are configured."""
+    import jwt
+
+    return jwt
 
 
 def _credential(headers: Mapping[str, str]) -> str | None:

@@ -15,7 +15,7 @@ from proxy.access import AccessPolicy, access_policy_from
 from proxy.cors import CorsPolicy
 from proxy.errors import ClientRequestError
 from proxy.metrics import ProxyCollector
-from proxy.middleware import cors_headers_hook, cors_middleware, edge_middleware
+from proxy.middleware import cors_headers_hook, edge_middleware
 from proxy.prices import PriceTable, load_price_table
 from proxy.proxy import CacheProxy
 from proxy.ratelimit import Limiter
@@ -75,11 +75,17 @@ def create_app(
     cors = CorsPolicy.from_origins(settings.cors_origins)
     app = web.Application(
         middlewares=[
-            edge_middleware(access_log=settings.access_log, stats=stats),
-            cors_middleware(cors, lambda path: table.methods_for(path) or _admin_methods(path), refusals),
+            edge_middleware(
+                access_log=settings.access_log,
+                stats=stats,
+                cors=cors,
+                methods_for=lambda path: table.methods_for(path) or _admin_methods(path),
+                refusals=refusals,
+            ),
         ]
     )
-    app.on_response_prepare.append(cors_headers_hook(cors))
+    if cors.enabled:  # without allowed origins every cross-origin request is refused: no headers to add
+        app.on_response_prepare.append(cors_headers_hook(cors))
     app[REFUSALS] = refusals
     app[SETTINGS] = settings
     app[ROUTES] = table

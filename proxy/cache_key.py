@@ -12,6 +12,7 @@ Two shapes, both documented in the README:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -54,24 +55,30 @@ def key_input(
     query_string: str,
     body: bytes,
     headers: Mapping[str, str],
-    identity: str | None = None,
+    credential: str | None,
 ) -> KeyInput:
     """Collect from the request headers what counts toward the key (never the raw credential).
 
-    `identity` (an authenticated client, for routes that do not share entries between clients)
-    stands in for the credential headers."""
+    `credential` is what `key_credential` returns for the request: the caller has usually
+    computed it already, to name the client."""
     content_type = headers.get("content-type", "")
     return KeyInput(
         method="GET" if method == "HEAD" else method,
         upstream_path=upstream_path,
         query_string=query_string,
         body=body,
-        media_type=content_type.split(";", 1)[0].strip().lower(),
+        media_type=content_type.split(";", 1)[0].strip().lower() if content_type else "",
         vary=tuple((name, headers.get(name, "")) for name in route.vary_headers if name in headers),
-        credential=hashlib.sha256(f"client:{identity}".encode()).hexdigest()
-        if identity
-        else credential_fingerprint(headers),
+        credential=credential,
     )
+
+
+def key_credential(headers: Mapping[str, str], identity: str | None = None) -> str | None:
+    """What stands for the client in its keys: the fingerprint of its own credential headers, or
+    the `identity` of an authenticated client on a route that does not share entries."""
+    if identity:
+        return hashlib.sha256(f"client:{identity}".encode()).hexdigest()
+    return credential_fingerprint(headers)
 
 
 def key_fields(route: Route, request: KeyInput) -> list[str]:
@@ -128,7 +135,12 @@ def readable_key(route: Route, params: Mapping[str, str], request: KeyInput) -> 
 
 def content_type_of(route: Route, template: str) -> str:
     """`/v1/chat/completions` under `strip_prefix = "/v1"` -> `chat.completions`."""
-    path = template[len(route.strip_prefix) :] if template.startswith(route.strip_prefix) else template
+    return _content_type(route.strip_prefix, template)
+
+
+@functools.lru_cache(maxsize=1024)  # templates come from the route table: a handful
+def _content_type(strip_prefix: str, template: str) -> str:
+    path = template[len(strip_prefix) :] if template.startswith(strip_prefix) else template
     segments = [segment for segment in path.split("/") if segment and not _PARAM.fullmatch(segment)]
     return ".".join(segments) or "root"
 
@@ -150,6 +162,8 @@ def normalize_name(value: str) -> str:
 
 
 def canonical_query(query_string: str) -> str:
+    if not query_string:
+        return ""
     pairs = sorted(parse_qsl(query_string, keep_blank_values=True))
     return urlencode(pairs, quote_via=quote, safe="")
 
@@ -195,7 +209,11 @@ def request_digest(request: KeyInput) -> str:
 
 def _frame(parts: Iterable[bytes]) -> bytes:
     """Length-prefixed concatenation, so no two different inputs frame to the same bytes."""
-    return b"".join(len(part).to_bytes(8, "big") + part for part in parts)
+    framed: list[bytes] = []
+    for part in parts:
+        framed.append(len(part).to_bytes(8, "big"))
+        framed.append(part)
+    return b"".join(framed)
 
 
 def _sha256(data: bytes) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import hmac
 import time
@@ -23,7 +24,14 @@ from multidict import CIMultiDict
 from proxy.access import ACCESS_KEY_HEADER, AccessPolicy
 from proxy.admin_auth import is_loopback
 from proxy.bodies import read_up_to
-from proxy.cache_key import build_key, content_type_of, credential_fingerprint, key_fields, key_input
+from proxy.cache_key import (
+    build_key,
+    content_type_of,
+    credential_fingerprint,
+    key_credential,
+    key_fields,
+    key_input,
+)
 from proxy.constants import (
     BYPASS,
     CACHE_STATUS,
@@ -117,31 +125,35 @@ class CacheProxy:
             )
         route = match.route
         record.route = route.name
-        client_headers, identity = self._admit(request, route)
+        client_headers, credential = self._admit(request, route)
         body = await read_body(request, self.settings.max_request_bytes)
-        upstream_request = self._upstream_request(request, match, raw_path, body, client_headers)
+        upstream_path = route.upstream_path_for(raw_path, match.params)
+        # Built only when the request goes upstream: a fresh hit never needs it.
+        upstream_request = functools.partial(
+            self._upstream_request, request, match, upstream_path, body, client_headers
+        )
 
         if not request_uses_cache(route, request.method):
-            return await self._forward(request, match, upstream_request, key=None, outcome=BYPASS)
+            return await self._forward(request, match, upstream_request(), key=None, outcome=BYPASS)
         directives = request_directives(request.headers)
         if directives.no_store:
-            return await self._forward(request, match, upstream_request, key=None, outcome=BYPASS)
+            return await self._forward(request, match, upstream_request(), key=None, outcome=BYPASS)
 
         ttl = requested_ttl(request.headers.get(X_CACHE_TTL), route)
         if route.openai_checks and not directives.no_cache and content_type_of(route, match.template) == EMBEDDINGS:
             batch = parse_batch(body)
             if batch is not None:
                 return await self._embeddings_batch(
-                    request, match, upstream_request, batch, ttl or route.ttl, directives, client_headers, identity
+                    request, match, upstream_request(), batch, ttl or route.ttl, directives, client_headers, credential
                 )
         request_key = key_input(
             route=route,
             method=request.method,
-            upstream_path=upstream_request.path,
-            query_string=upstream_request.query_string,
+            upstream_path=upstream_path,
+            query_string=request.rel_url.raw_query_string,
             body=body,
             headers=client_headers,
-            identity=identity,
+            credential=credential,
         )
         key = build_key(route, match.template, match.params, request_key, prefix=self.settings.key_prefix)
         record.key_digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -163,18 +175,18 @@ class CacheProxy:
             if entry is not None and directives.max_age is None:
                 if entry.stale_within(route.stale_while_revalidate, now) and request.method != "HEAD":
                     await self._check_hit_limit(record)
-                    self._revalidate(match, upstream_request, key, ttl)
+                    self._revalidate(match, upstream_request(), key, ttl)
                     return self._from_entry(request, entry, STALE, now)
                 if entry.stale_within(route.stale_if_error, now):
                     stale = entry  # kept in case the upstream fails
         if directives.only_if_cached:
             raise ClientRequestError("not in the cache, and the request asked for only-if-cached", status=504)
         if request.method == "HEAD":  # a HEAD answer has no body to store
-            return await self._forward(request, match, upstream_request, key=None, outcome=MISS)
+            return await self._forward(request, match, upstream_request(), key=None, outcome=MISS)
         return await self._forward(
             request,
             match,
-            upstream_request,
+            upstream_request(),
             key=key,
             outcome=REFRESH if directives.no_cache else MISS,
             ttl=ttl,
@@ -188,7 +200,7 @@ class CacheProxy:
         otherwise) and its credential is consumed here, so entries are shared between clients
         (unless the route says `share_entries = false`: then the identity is part of the key).
         Otherwise the client's own credential, if any, goes upstream and into the key as it is.
-        Returns the headers and the identity to put in the key (None to share entries)."""
+        Returns the headers and what stands for the client in the key (`key_credential`)."""
         record = request_log(request)
         upstream = self.settings.upstreams[route.upstream]
         if upstream.api_key and not self.access.open_access:
@@ -201,10 +213,10 @@ class CacheProxy:
             headers = CIMultiDict(request.headers)
             headers.popall("Authorization", None)
             headers.popall(ACCESS_KEY_HEADER, None)
-            return headers, None if route.share_entries else client.label
+            return headers, key_credential(headers, None if route.share_entries else client.label)
         fingerprint = credential_fingerprint(request.headers)
         record.client = f"credential:{fingerprint[:16]}" if fingerprint else f"ip:{request.remote}"
-        return request.headers, None
+        return request.headers, fingerprint
 
     async def _check_hit_limit(self, record: RequestLog) -> None:
         if not self.limiter.enabled or record.client is None:
@@ -267,7 +279,13 @@ class CacheProxy:
             self._start_flight(match, upstream_request, key, ttl=ttl, coordinate=coordinate)
 
     def _refresh_ahead(
-        self, match: RouteMatch, upstream_request: UpstreamRequest, key: str, ttl: int | None, entry: Entry, now: float
+        self,
+        match: RouteMatch,
+        upstream_request: Callable[[], UpstreamRequest],
+        key: str,
+        ttl: int | None,
+        entry: Entry,
+        now: float,
     ) -> None:
         """A hot entry close to its expiry is refreshed before it goes cold (PROXY_REFRESH_AHEAD).
 
@@ -284,7 +302,7 @@ class CacheProxy:
             del self._hot[key]
             # Not coordinated: the entry is still fresh, so waiting for another replica would just
             # find it again. Each replica refreshes a hot key at most once per life of the entry.
-            self._revalidate(match, upstream_request, key, ttl, coordinate=False)
+            self._revalidate(match, upstream_request(), key, ttl, coordinate=False)
 
     async def _embeddings_batch(
         self,
@@ -295,7 +313,7 @@ class CacheProxy:
         ttl: int,
         directives: RequestDirectives,
         client_headers: Mapping[str, str],
-        identity: str | None,
+        credential: str | None,
     ) -> web.StreamResponse:
         """Known inputs from their entries, the others in one upstream call (see embeddings.py)."""
         record = request_log(request)
@@ -312,7 +330,7 @@ class CacheProxy:
                     query_string=upstream_request.query_string,
                     body=batch.single_body(item),
                     headers=client_headers,
-                    identity=identity,
+                    credential=credential,
                 ),
                 prefix=self.settings.key_prefix,
             )
@@ -575,14 +593,18 @@ class CacheProxy:
             del self.flights[flight.key]
 
     def _upstream_request(
-        self, request: web.Request, match: RouteMatch, raw_path: str, body: bytes, client_headers: Mapping[str, str]
+        self,
+        request: web.Request,
+        match: RouteMatch,
+        upstream_path: str,
+        body: bytes,
+        client_headers: Mapping[str, str],
     ) -> UpstreamRequest:
-        route = match.route
-        upstream = self.settings.upstreams[route.upstream]
+        upstream = self.settings.upstreams[match.route.upstream]
         return UpstreamRequest(
             upstream=upstream,
             method=request.method,
-            path=route.upstream_path_for(raw_path, match.params),
+            path=upstream_path,
             query_string=request.rel_url.raw_query_string,
             headers=upstream_headers(client_headers, upstream),
             body=body,

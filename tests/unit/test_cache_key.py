@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from proxy.cache_key import build_key, canonical_body, key_input, normalize_name
+from proxy.cache_key import build_key, canonical_body, key_credential, key_input, normalize_name
 from proxy.routes import RouteTable, load_route_table
 from tests.conftest import REPO
 
@@ -33,6 +33,7 @@ def key_for(
         query_string=query,
         body=body,
         headers=headers or {},
+        credential=key_credential(headers or {}),
     )
     return build_key(match.route, match.template, match.params, request, prefix=prefix)
 
