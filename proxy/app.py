@@ -15,7 +15,7 @@ from proxy.access import AccessPolicy, access_policy_from
 from proxy.cors import CorsPolicy
 from proxy.errors import ClientRequestError
 from proxy.metrics import ProxyCollector
-from proxy.middleware import cors_headers_hook, edge_middleware
+from proxy.middleware import cors_headers_hook, edge_wrapper
 from proxy.prices import PriceTable, load_price_table
 from proxy.proxy import CacheProxy
 from proxy.ratelimit import Limiter
@@ -73,17 +73,14 @@ def create_app(
     stats = Stats(price_table)
     refusals = Refusals()
     cors = CorsPolicy.from_origins(settings.cors_origins)
-    app = web.Application(
-        middlewares=[
-            edge_middleware(
-                access_log=settings.access_log,
-                stats=stats,
-                cors=cors,
-                methods_for=lambda path: table.methods_for(path) or _admin_methods(path),
-                refusals=refusals,
-            ),
-        ]
+    edged = edge_wrapper(
+        access_log=settings.access_log,
+        stats=stats,
+        cors=cors,
+        methods_for=lambda path: table.methods_for(path) or _admin_methods(path),
+        refusals=refusals,
     )
+    app = web.Application()
     if cors.enabled:  # without allowed origins every cross-origin request is refused: no headers to add
         app.on_response_prepare.append(cors_headers_hook(cors))
     app[REFUSALS] = refusals
@@ -157,18 +154,18 @@ def create_app(
             await active_store.close()
 
     app.cleanup_ctx.append(resources)
-    app.router.add_route("*", "/healthz", admin.only({"GET": admin.healthz}))
-    app.router.add_route("*", "/readyz", admin.only({"GET": admin.readyz}))
-    app.router.add_route("*", "/metrics", admin.only({"GET": admin.metrics}))
-    app.router.add_route("*", "/redis/health", admin.only({"GET": admin.redis_health}))
-    app.router.add_route("*", "/redis/stats", admin.only({"GET": admin.redis_stats}))
+    app.router.add_route("*", "/healthz", edged(admin.only({"GET": admin.healthz})))
+    app.router.add_route("*", "/readyz", edged(admin.only({"GET": admin.readyz})))
+    app.router.add_route("*", "/metrics", edged(admin.only({"GET": admin.metrics})))
+    app.router.add_route("*", "/redis/health", edged(admin.only({"GET": admin.redis_health})))
+    app.router.add_route("*", "/redis/stats", edged(admin.only({"GET": admin.redis_stats})))
     # Cache analytics (proxy/analytics.py): the per-minute history and the dashboard page, both
     # behind the admin token like /redis/stats.
-    app.router.add_route("*", "/redis/stats/history", admin.only({"GET": analytics.stats_history}))
-    app.router.add_route("*", "/redis/dashboard", admin.only({"GET": analytics.dashboard}))
-    app.router.add_route("*", "/redis/clear", admin.only({"DELETE": admin.clear_all}))
-    app.router.add_route("*", "/redis/clear/{pattern:.+}", admin.only({"DELETE": admin.clear_pattern}))
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    app.router.add_route("*", "/redis/stats/history", edged(admin.only({"GET": analytics.stats_history})))
+    app.router.add_route("*", "/redis/dashboard", edged(admin.only({"GET": analytics.dashboard})))
+    app.router.add_route("*", "/redis/clear", edged(admin.only({"DELETE": admin.clear_all})))
+    app.router.add_route("*", "/redis/clear/{pattern:.+}", edged(admin.only({"DELETE": admin.clear_pattern})))
+    app.router.add_route("*", "/{tail:.*}", edged(proxy_handler))
     return app
 
 

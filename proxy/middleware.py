@@ -9,7 +9,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -76,20 +75,28 @@ def json_error(status: int, message: str, request_id: str, headers: dict[str, st
     return web.json_response(body, status=status, headers=headers)
 
 
-def edge_middleware(
+def edge_wrapper(
     *,
     access_log: bool,
     stats: Stats,
     cors: CorsPolicy,
     methods_for: Callable[[str], frozenset[str] | None],
     refusals: Refusals,
-) -> Any:
-    """The one middleware: request id, CORS, errors as JSON, counters and the canonical log line.
+) -> Callable[[Handler], Handler]:
+    """The edge every handler is wrapped in: request id, CORS, errors as JSON, counters and the
+    canonical log line.
 
-    One layer rather than one per job: each aiohttp middleware costs a few microseconds on every
-    request, a measurable share of a cache hit."""
+    A wrapper around each route's handler rather than an aiohttp middleware: an application
+    without middlewares skips aiohttp's middleware chain and its current-app bookkeeping, about
+    a tenth of what a cache hit costs. Every path has a route (the proxy's own catch-all), so
+    every request passes through here."""
 
-    @web.middleware
+    def wrap(handler: Handler) -> Handler:
+        async def edged(request: web.Request) -> web.StreamResponse:
+            return await edge(request, handler)
+
+        return edged
+
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         incoming = request.headers.get(REQUEST_ID)
         request_id = incoming if incoming is not None and _SAFE_REQUEST_ID.match(incoming) else next_request_id()
@@ -143,7 +150,7 @@ def edge_middleware(
             )
         return response
 
-    return edge
+    return wrap
 
 
 class _RequestIds:

@@ -124,6 +124,8 @@ def key_prefix() -> str:
 
 @pytest.fixture
 async def real_redis_store(real_redis: redis.Redis, key_prefix: str) -> AsyncIterator[Store]:
+    """A store on the test database. A test that hands it to `make_proxy` names this fixture
+    first, so the store closes after the proxy (whose clean-up flushes counters through it)."""
     store = RedisStore.from_url(REDIS_TEST_URL, timeout=1.0, max_connections=16)
     yield FailOpenStore(store)
     async for key in real_redis.scan_iter(match=f"{key_prefix}*", count=1000):

@@ -115,8 +115,9 @@ class AutoPipeline:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        # Shielded: a caller that stops waiting must not cancel the reply slot other replies follow.
-        return await asyncio.shield(waiter)
+        # A caller that stops waiting cancels its waiter, which stays in `inflight`: its reply is
+        # still read in its turn and dropped (`data_received` skips waiters that are done).
+        return await waiter
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -9,6 +9,7 @@ dead Redis costs a request at most one timeout.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import os
 import re
@@ -43,6 +44,7 @@ class RedisStore(Store):
         self.cluster = isinstance(client, RedisCluster)
         # Lookups (the hit path) go through one auto-pipelined connection when the URL allows.
         self.fast_get = fast_get
+        self.closed = False
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float, max_connections: int) -> RedisStore:
@@ -52,13 +54,13 @@ class RedisStore(Store):
         return cls(redis_client(url, timeout=timeout, max_connections=max_connections), fast_get=fast)
 
     async def get(self, key: str) -> bytes | None:
-        if self.fast_get is not None:
+        if self.fast_get is not None and not self.closed:
             try:
                 found = await self.fast_get.get(key)
             except (ConnectionError, OSError) as exc:
                 raise StoreError(_describe(exc)) from exc
             return found if found is None or isinstance(found, bytes) else None
-        value = await _call(self.client.get(key))
+        value = await self._call(self.client.get(key))
         return value if value is None or isinstance(value, bytes) else value.encode()
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
@@ -67,14 +69,14 @@ class RedisStore(Store):
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.get(key)
-        values: list[bytes | None] = await _call(pipe.execute())
+        values: list[bytes | None] = await self._call(pipe.execute())
         return values
 
     async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
-        await _call(self.client.set(key, value, px=max(1, int(ttl * 1000)), nx=if_absent))
+        await self._call(self.client.set(key, value, px=max(1, int(ttl * 1000)), nx=if_absent))
 
     async def delete(self, key: str) -> bool:
-        removed: int = await _call(self.client.unlink(key))
+        removed: int = await self._call(self.client.unlink(key))
         return removed > 0
 
     async def _key_batches(self, pattern: str) -> AsyncIterator[list[bytes]]:
@@ -95,7 +97,7 @@ class RedisStore(Store):
         """SCAN in batches and UNLINK each batch: Redis never blocks on a big keyspace."""
         removed = 0
         async for keys in self._key_batches(pattern):
-            removed += await _call(self.client.unlink(*keys))
+            removed += await self._call(self.client.unlink(*keys))
         return removed
 
     async def usage(self, pattern: str, *, budget: float) -> KeyspaceUsage:
@@ -106,7 +108,7 @@ class RedisStore(Store):
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.strlen(key)
-            lengths = await _call(pipe.execute())
+            lengths = await self._call(pipe.execute())
             entries += sum(1 for length in lengths if length)
             size += sum(lengths) + sum(len(key) for key, length in zip(keys, lengths, strict=True) if length)
             if time.monotonic() > deadline:
@@ -117,10 +119,10 @@ class RedisStore(Store):
         pipe = self.client.pipeline(transaction=False)
         for name, delta in deltas.items():
             pipe.hincrby(key, name, delta)
-        await _call(pipe.execute())
+        await self._call(pipe.execute())
 
     async def read_counters(self, key: str) -> dict[str, int]:
-        raw = await _call(self.client.hgetall(key))
+        raw = await self._call(self.client.hgetall(key))
         return {_text(name): int(value) for name, value in raw.items()}
 
     async def write_counters(self, writes: Sequence[CounterWrite]) -> None:
@@ -140,7 +142,7 @@ class RedisStore(Store):
             if write.ttl is not None:
                 pipe.expire(write.key, max(1, math.ceil(write.ttl)))
         if len(pipe):
-            await _call(pipe.execute())
+            await self._call(pipe.execute())
 
     async def read_counters_many(self, keys: Sequence[str]) -> list[dict[str, int]]:
         """Pipelined HGETALLs, a few hundred a round trip."""
@@ -149,7 +151,7 @@ class RedisStore(Store):
             pipe = self.client.pipeline(transaction=False)
             for key in keys[start : start + READ_BATCH]:
                 pipe.hgetall(key)
-            result.extend(map(_counters, await _call(pipe.execute())))
+            result.extend(map(_counters, await self._call(pipe.execute())))
         return result
 
     async def top_scores(self, keys: Sequence[str], count: int, *, scratch_key: str) -> list[tuple[str, int]]:
@@ -163,7 +165,7 @@ class RedisStore(Store):
         pipe.expire(scratch_key, SCRATCH_TTL)
         pipe.zrevrange(scratch_key, 0, count - 1, withscores=True)
         pipe.unlink(scratch_key)
-        replies = await _call(pipe.execute())
+        replies = await self._call(pipe.execute())
         return [(_text(member), int(score)) for member, score in replies[2]]
 
     async def _top_scores_merged(self, keys: Sequence[str], count: int) -> list[tuple[str, int]]:
@@ -171,7 +173,7 @@ class RedisStore(Store):
         for key in keys:
             pipe.zrange(key, 0, -1, withscores=True)
         totals: dict[str, int] = {}
-        for members in await _call(pipe.execute()):
+        for members in await self._call(pipe.execute()):
             for member, score in members:
                 name = _text(member)
                 totals[name] = totals.get(name, 0) + int(score)
@@ -180,12 +182,12 @@ class RedisStore(Store):
     async def ping(self) -> StoreInfo:
         started = time.perf_counter()
         if self.cluster:
-            await _call(self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+            await self._call(self.client.ping(target_nodes=RedisCluster.PRIMARIES))
         else:
-            await _call(self.client.ping())
+            await self._call(self.client.ping())
         round_trip_ms = (time.perf_counter() - started) * 1000
         try:
-            info: dict[str, Any] = await _call(self._info())
+            info: dict[str, Any] = await self._call(self._info())
         except StoreError as exc:
             if not isinstance(exc.__cause__, ResponseError):
                 raise
@@ -222,13 +224,26 @@ class RedisStore(Store):
             "cluster_primaries": len(nodes),
         }
 
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        if self.closed:
+            # redis-py would quietly open new connections that nobody closes: refuse instead.
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise StoreError("the Redis store is closed")
+        return await _call(awaitable)
+
     async def close(self) -> None:
+        self.closed = True
         if self.fast_get is not None:
             self.fast_get.close()
         if isinstance(self.client, RedisCluster):
             await self.client.aclose()
         else:
             await self.client.aclose(close_connection_pool=True)
+            # Behind Sentinel: the connections that asked the sentinels where the master is.
+            manager = getattr(self.client.connection_pool, "sentinel_manager", None)
+            for sentinel in getattr(manager, "sentinels", ()):
+                await sentinel.aclose()
 
 
 async def _call(awaitable: Awaitable[T]) -> T:

@@ -325,7 +325,7 @@ async def seed_history(store: Store, key_prefix: str, minutes: int = 40) -> int:
 
 
 async def test_the_dashboard_shows_what_stats_counted(
-    make_proxy: ProxyClientFactory, real_redis_store: Store, key_prefix: str, tmp_path: Path
+    real_redis_store: Store, make_proxy: ProxyClientFactory, key_prefix: str, tmp_path: Path
 ) -> None:
     chromium()  # fail first, and clearly, when it is missing
     proxy = await make_proxy(store=real_redis_store, PROXY_KEY_PREFIX=key_prefix, PROXY_ADMIN_TOKEN=TOKEN)

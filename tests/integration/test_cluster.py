@@ -69,6 +69,7 @@ async def test_hits_clears_and_stats_across_primaries(
     finally:
         await direct.delete("someone-else:key")
         await direct.aclose()
+        await proxy.close()  # the app first: its clean-up still talks to Redis through the store
         await store.close()
 
 
@@ -111,8 +112,10 @@ async def test_coalescing_and_limits_on_a_cluster(
         ]
         assert statuses == [200, 200, 200, 429, 429]  # 3 per minute, across both replicas
     finally:
-        await first_store.close()
-        await second_store.close()
+        # The apps first: their clean-up flushes counters and unsubscribes through the stores.
+        for client, store in ((first, first_store), (second, second_store)):
+            await client.close()
+            await store.close()
 
 
 async def test_a_primary_dies_the_proxy_keeps_answering_and_hits_return(
@@ -137,6 +140,7 @@ async def test_a_primary_dies_the_proxy_keeps_answering_and_hits_return(
         assert "MISS" in outcomes  # the entry's primary was gone: answered from the upstream
         assert outcomes[-2:] == ["HIT", "HIT"]  # the replica took over; hits are back
     finally:
+        await proxy.close()  # the app first: its clean-up still talks to Redis through the store
         await store.close()
 
 
@@ -195,6 +199,7 @@ async def test_a_master_found_through_sentinel(
         master = redis.Redis(port=master_port)
         assert await master.exists("artwork_info:guernica") == 1
         await master.aclose()
+        await proxy.close()  # the app first: its clean-up still talks to Redis through the store
         await store.close()
     finally:
         for process in processes:

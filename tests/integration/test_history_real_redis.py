@@ -36,9 +36,9 @@ async def traffic(proxy: TestClient[web.Request, web.Application], artworks: tup
 
 
 async def test_two_replicas_history_merges_on_real_redis(
-    make_proxy: ProxyClientFactory,
-    real_redis_store: Store,
+    real_redis_store: Store,  # the stores before the proxies: they are closed after them
     second_store: Store,
+    make_proxy: ProxyClientFactory,
     real_redis: redis.Redis,
     key_prefix: str,
 ) -> None:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture
 async def proxy_on_redis(
-    make_proxy: ProxyClientFactory, real_redis_store: Store, key_prefix: str
+    real_redis_store: Store, make_proxy: ProxyClientFactory, key_prefix: str
 ) -> TestClient[web.Request, web.Application]:
     return await make_proxy(store=real_redis_store, PROXY_KEY_PREFIX=key_prefix)
 
@@ -116,7 +116,7 @@ def test_the_test_database_is_not_the_default_one() -> None:
 
 
 async def test_stats_and_metrics_on_real_redis(
-    make_proxy: ProxyClientFactory, real_redis_store: Store, real_redis: redis.Redis, key_prefix: str
+    real_redis_store: Store, make_proxy: ProxyClientFactory, real_redis: redis.Redis, key_prefix: str
 ) -> None:
     first = await make_proxy(store=real_redis_store, PROXY_KEY_PREFIX=key_prefix)
     second = await make_proxy(store=real_redis_store, PROXY_KEY_PREFIX=key_prefix)

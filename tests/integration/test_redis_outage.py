@@ -113,4 +113,5 @@ async def test_redis_killed_under_load_and_restarted(
     failures = [entry for entry in logs if entry["event"].startswith("Redis connection failed")]
     assert len(failures) == 1
     assert any(entry["event"] == "Redis connection restored" for entry in logs)
+    await proxy.close()  # the app first: its clean-up still talks to Redis through the store
     await store.close()

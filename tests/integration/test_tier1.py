@@ -68,6 +68,7 @@ async def test_hits_from_the_first_tier_are_counted_apart(
         stats = await (await proxy.get("/redis/stats")).json()
         assert stats["store"]["tier1"]["hits"] == 5
     finally:
+        await proxy.close()  # the app first: its clean-up still talks to Redis through the store
         await store.close()
         async for stale in real_redis.scan_iter(match=f"{key_prefix}*"):
             await real_redis.unlink(stale)

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from proxy import cache_key
 from proxy.cache_key import build_key, canonical_body, key_credential, key_input, normalize_name
 from proxy.routes import RouteTable, load_route_table
 from tests.conftest import REPO
@@ -102,6 +103,21 @@ def test_key_order_and_whitespace_do_not_matter() -> None:
         "POST", "/v1/chat/completions", body=b'{ "messages" : [ {"content":"hi", "role":"user"} ],\n "model":"m" }'
     )
     assert a == b
+
+
+def test_remembered_digests_are_the_canonical_ones_and_stay_bounded() -> None:
+    body = b'{"model":"m","messages":[{"role":"user","content":"remembered"}]}'
+    cache_key._digest_memo.clear()
+    first = key_for("POST", "/v1/chat/completions", body=body)
+    again = key_for("POST", "/v1/chat/completions", body=body)  # from the memo
+    cache_key._digest_memo.clear()
+    reordered = key_for(
+        "POST", "/v1/chat/completions", body=b'{"messages":[{"content":"remembered","role":"user"}],"model":"m"}'
+    )
+    assert first == again == reordered
+    for index in range(cache_key.DIGEST_MEMO_LIMIT + 10):
+        key_for("POST", "/v1/chat/completions", body=b'{"model":"m","n":%d}' % index)
+    assert len(cache_key._digest_memo) <= cache_key.DIGEST_MEMO_LIMIT
 
 
 @pytest.mark.parametrize("field", ["temperature", "seed", "tools", "user", "n", "stream", "response_format"])
