@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -26,6 +26,7 @@ import structlog
 from proxy.constants import INTERNAL_NAMESPACE
 from proxy.entry import Entry
 from proxy.pubsub import Subscription
+from proxy.store.autopipeline import AutoPipeline
 from proxy.store.redis import REDIS_FAILURES
 from proxy.store.redis_clients import RedisClient
 
@@ -69,19 +70,36 @@ class _RedisLease(Lease):
 
     async def release(self, *, stored: bool) -> None:
         message = f"{1 if stored else 0}|{self.key}"
+        coordinator = self.coordinator
         try:
-            await self.coordinator.client.eval(
-                _RELEASE, 1, self.coordinator.lock_key(self.key), self.token, self.coordinator.channel, message
-            )
+            if coordinator.lane is not None:
+                await coordinator.lane.execute(
+                    b"EVAL", _RELEASE, 1, coordinator.lock_key(self.key), self.token, coordinator.channel, message
+                )
+            else:
+                await coordinator.client.eval(
+                    _RELEASE, 1, coordinator.lock_key(self.key), self.token, coordinator.channel, message
+                )
         except REDIS_FAILURES as exc:
             log.warning("could not release a coalescing lock; it will expire", error=str(exc))
 
 
 class RedisCoordinator(Coordinator):
+    """`lane`, when the store has one, carries the lock and unlock commands (a miss's hot path);
+    `client` the rest."""
+
     def __init__(
-        self, client: RedisClient, *, key_prefix: str, lock_ttl: float, wait: float, command_timeout: float = 1.0
+        self,
+        client: RedisClient,
+        *,
+        key_prefix: str,
+        lock_ttl: float,
+        wait: float,
+        command_timeout: float = 1.0,
+        lane: AutoPipeline | None = None,
     ) -> None:
         self.client = client
+        self.lane = lane
         self.command_timeout = command_timeout
         self.lock_ttl = lock_ttl
         self.wait = wait
@@ -104,11 +122,16 @@ class RedisCoordinator(Coordinator):
 
     async def acquire(self, key: str) -> Lease | None:
         """A lease when this process leads; None when another replica holds the lock."""
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()
+        lock_ttl_ms = int(self.lock_ttl * 1000)
+        if self.lane is not None:  # bounded by the lane's own deadline; it never retries a command
+            try:
+                taken = await self.lane.execute(b"SET", self.lock_key(key), token, b"NX", b"PX", lock_ttl_ms)
+            except (ConnectionError, OSError):
+                return Lease()  # fail open: lead without a lock
+            return _RedisLease(self, key, token) if taken is not None else None
         try:
-            taken = await self._bounded(
-                self.client.set(self.lock_key(key), token, nx=True, px=int(self.lock_ttl * 1000))
-            )
+            taken = await self._bounded(self.client.set(self.lock_key(key), token, nx=True, px=lock_ttl_ms))
             if not taken:
                 # A retried SET NX (a reply lost to a reconnect, a cluster redirect) answers "not set"
                 # when the first attempt did set it: the token says whose lock it is.

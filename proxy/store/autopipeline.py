@@ -1,8 +1,8 @@
-"""GETs auto-pipelined on one connection: every GET issued in one event-loop tick goes out in one
-write, and replies are matched to requests in order (Redis answers a connection's commands in the
-order it received them). This is what ioredis calls auto-pipelining; it spares each hit a pooled
-connection checkout, a command object and a timeout of its own, which is most of what redis-py
-costs per command.
+"""Commands auto-pipelined on one connection: every command issued in one event-loop tick goes out
+in one write, and replies are matched to requests in order (Redis answers a connection's commands
+in the order it received them). This is what ioredis calls auto-pipelining; it spares each command
+a pooled connection checkout, a command object and a timeout of its own, which is most of what
+redis-py costs per command. The hit path's GETs and a miss's lock, store and unlock go this way.
 
 A request that is cancelled or times out while its GET is in flight simply stops waiting: its
 reply is still read and dropped in its turn, so no reply ever reaches the wrong caller. The
@@ -16,6 +16,7 @@ import asyncio
 import ssl
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -64,6 +65,12 @@ def _command(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
+def _encoded(part: bytes | str | int) -> bytes:
+    if isinstance(part, bytes):
+        return part
+    return part.encode() if isinstance(part, str) else b"%d" % part
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: AutoPipeline) -> None:
         self.owner = owner
@@ -91,26 +98,35 @@ class _Protocol(asyncio.Protocol):
 
 
 class AutoPipeline:
-    """GET and MGET-like lookups over one connection, batched per event-loop tick."""
+    """Redis commands over one connection, batched per event-loop tick."""
 
     def __init__(self, endpoint: Endpoint, *, timeout: float) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self.inflight: deque[asyncio.Future[bytes | None]] = deque()
+        self.inflight: deque[asyncio.Future[Any]] = deque()
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._batch: list[bytes] = []
-        self._batch_waiters: list[asyncio.Future[bytes | None]] = []
+        self._batch_waiters: list[asyncio.Future[Any]] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
 
     async def get(self, key: str) -> bytes | None:
+        encoded = key.encode()
+        reply = await self._send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded), encoded))
+        return reply if reply is None or isinstance(reply, bytes) else None
+
+    async def execute(self, *parts: bytes | str | int) -> Any:
+        """Any command; its reply as hiredis gives it (bytes, int, list, None). A Redis error
+        reply raises `ConnectionError` like a broken connection: callers fail open either way."""
+        return await self._send(_command(*map(_encoded, parts)))
+
+    async def _send(self, command: bytes) -> Any:
         if self._transport is None:
             await self._connect()
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bytes | None] = loop.create_future()
-        encoded = key.encode()
-        self._batch.append(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded), encoded))
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self._batch.append(command)
         self._batch_waiters.append(waiter)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -141,7 +157,7 @@ class AutoPipeline:
         oldest = self.inflight[0] if self.inflight else None
         self._watchdog = asyncio.get_running_loop().call_later(self.timeout, self._check, oldest)
 
-    def _check(self, oldest: asyncio.Future[bytes | None] | None) -> None:
+    def _check(self, oldest: asyncio.Future[Any] | None) -> None:
         self._watchdog = None
         if not self.inflight:
             return

@@ -54,13 +54,18 @@ async def resolve_redis_url(settings: Settings) -> str:
     return MEMORY_URL
 
 
-def redis_client_of(store: Store) -> RedisClient | None:
-    """The Redis client behind a store (under its first tier and fail-open wrapper), or None for
-    the embedded store."""
+def redis_store_of(store: Store) -> RedisStore | None:
+    """The Redis store under a store's first tier and fail-open wrapper, or None for the embedded store."""
     if isinstance(store, TieredStore):
         store = store.second
     inner = getattr(store, "inner", store)
-    return inner.client if isinstance(inner, RedisStore) else None
+    return inner if isinstance(inner, RedisStore) else None
+
+
+def redis_client_of(store: Store) -> RedisClient | None:
+    """The Redis client behind a store, or None for the embedded store."""
+    redis_store = redis_store_of(store)
+    return None if redis_store is None else redis_store.client
 
 
 def tier_invalidation_for(store: Store, settings: Settings) -> Subscription | None:
@@ -82,10 +87,11 @@ def tier_invalidation_for(store: Store, settings: Settings) -> Subscription | No
 
 def coordinator_for(store: Store, settings: Settings) -> Coordinator:
     """Cross-replica coalescing through the store's Redis; a no-op for the embedded store."""
-    client = redis_client_of(store)
-    if client is not None:
+    redis_store = redis_store_of(store)
+    if redis_store is not None:
         return RedisCoordinator(
-            client,
+            redis_store.client,
+            lane=redis_store.lane,
             key_prefix=settings.key_prefix,
             lock_ttl=settings.coalesce_lock_ttl,
             wait=settings.coalesce_wait,

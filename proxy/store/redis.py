@@ -39,11 +39,12 @@ T = TypeVar("T")
 class RedisStore(Store):
     backend = "redis"
 
-    def __init__(self, client: RedisClient, *, fast_get: AutoPipeline | None = None) -> None:
+    def __init__(self, client: RedisClient, *, lane: AutoPipeline | None = None) -> None:
         self.client = client
         self.cluster = isinstance(client, RedisCluster)
-        # Lookups (the hit path) go through one auto-pipelined connection when the URL allows.
-        self.fast_get = fast_get
+        # Lookups and writes go through one auto-pipelined connection when the URL allows (a
+        # single server: redis://, rediss://, unix://); the rest through redis-py's pool.
+        self.lane = lane
         self.closed = False
 
     @classmethod
@@ -51,12 +52,12 @@ class RedisStore(Store):
         """Any `REDIS_URL` form: a server, a Cluster, a master behind Sentinel (`redis_clients.py`)."""
         scheme = urlsplit(url).scheme.lower()
         fast = AutoPipeline(Endpoint.from_url(url), timeout=timeout) if scheme in ("redis", "rediss", "unix") else None
-        return cls(redis_client(url, timeout=timeout, max_connections=max_connections), fast_get=fast)
+        return cls(redis_client(url, timeout=timeout, max_connections=max_connections), lane=fast)
 
     async def get(self, key: str) -> bytes | None:
-        if self.fast_get is not None and not self.closed:
+        if self.lane is not None and not self.closed:
             try:
-                found = await self.fast_get.get(key)
+                found = await self.lane.get(key)
             except (ConnectionError, OSError) as exc:
                 raise StoreError(_describe(exc)) from exc
             return found if found is None or isinstance(found, bytes) else None
@@ -64,7 +65,7 @@ class RedisStore(Store):
         return value if value is None or isinstance(value, bytes) else value.encode()
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        if self.fast_get is not None:  # issued in one tick: one write, one round trip
+        if self.lane is not None:  # issued in one tick: one write, one round trip
             return list(await asyncio.gather(*(self.get(key) for key in keys)))
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
@@ -73,7 +74,14 @@ class RedisStore(Store):
         return values
 
     async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
-        await self._call(self.client.set(key, value, px=max(1, int(ttl * 1000)), nx=if_absent))
+        px = max(1, int(ttl * 1000))
+        if self.lane is not None and not self.closed:
+            try:
+                await self.lane.execute(b"SET", key, value, b"PX", px, *((b"NX",) if if_absent else ()))
+            except (ConnectionError, OSError) as exc:
+                raise StoreError(_describe(exc)) from exc
+            return
+        await self._call(self.client.set(key, value, px=px, nx=if_absent))
 
     async def delete(self, key: str) -> bool:
         removed: int = await self._call(self.client.unlink(key))
@@ -234,8 +242,8 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         self.closed = True
-        if self.fast_get is not None:
-            self.fast_get.close()
+        if self.lane is not None:
+            self.lane.close()
         if isinstance(self.client, RedisCluster):
             await self.client.aclose()
         else:
