@@ -93,7 +93,7 @@ def encode_entry(entry: Entry) -> bytes:
     flags = 0
     payload = entry.body
     if _worth_compressing(entry.content_type, payload):
-        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        compressor = zlib.compressobj(6, zlib.DEFLATED, _gzip_window_bits(len(payload)), 4)
         compressed = compressor.compress(payload) + compressor.flush()
         if len(compressed) <= len(payload) * 0.9:
             payload, flags = compressed, FLAG_GZIP
@@ -162,6 +162,13 @@ def decode_entry(data: bytes, *, accept_gzip: bool = False) -> Entry:
             except zlib.error as exc:
                 raise EntryDecodeError(f"entry body does not decompress: {exc}") from None
     return Entry(status, headers, body, stored_at, fresh_for, stale_for, usage, encoding)
+
+
+def _gzip_window_bits(size: int) -> int:
+    """A gzip window just large enough for the body (at most 32 KiB). Setting up zlib's default
+    state (a 32 KiB window, memLevel 8) costs more than compressing a 1 KiB answer: about 34 us
+    against 6 us with a 1 KiB window and memLevel 4, for the same output on bodies that fit."""
+    return 16 + min(15, max(9, (size - 1).bit_length()))
 
 
 def _worth_compressing(content_type: str | None, body: bytes) -> bool:

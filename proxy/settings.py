@@ -66,14 +66,14 @@ class Settings:
 
     host: str = "0.0.0.0"
     port: int = 8000
-    event_loop: str = "asyncio"  # or uvloop (measured no clear gain here), or auto: uvloop when installed
+    event_loop: str = "auto"  # uvloop when installed (a dependency on Linux and macOS), or uvloop, or asyncio
     workers: int = 0  # 0: automatic (one per CPU with Redis, one with the embedded store)
     # None: no Redis variable was set, so start-up probes localhost:6379 and falls back to memory.
     redis_url: str | None = field(default=None, repr=False)
     redis_timeout: float = 0.5
     redis_max_connections: int = 64
     memory_max_bytes: int = 64 * 1024**2
-    tier1_max_bytes: int = 16 * 1024**2  # 0 turns the in-process first tier off
+    tier1_max_bytes: int = 4 * 1024**2  # 0 turns the in-process first tier off
     tier1_max_ttl: float = 30.0
     routes_file: Path = field(default_factory=default_routes_file)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
@@ -117,7 +117,7 @@ class Settings:
         return cls(
             host=values.get("PROXY_HOST", "0.0.0.0"),
             port=reader.integer("PROXY_PORT", 8000, minimum=0, maximum=65535),
-            event_loop=reader.choice("PROXY_EVENT_LOOP", "asyncio", ("auto", "uvloop", "asyncio")),
+            event_loop=reader.choice("PROXY_EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
             workers=0
             if values.get("PROXY_WORKERS", "auto").strip().lower() == "auto"
             else reader.integer("PROXY_WORKERS", 0, minimum=1, maximum=256),
@@ -127,7 +127,7 @@ class Settings:
             memory_max_bytes=reader.size("PROXY_MEMORY_MAX_BYTES", 64 * 1024**2),
             tier1_max_bytes=0
             if values.get("PROXY_TIER1_MAX_BYTES", "").strip() == "0"
-            else reader.size("PROXY_TIER1_MAX_BYTES", 16 * 1024**2),
+            else reader.size("PROXY_TIER1_MAX_BYTES", 4 * 1024**2),
             tier1_max_ttl=reader.seconds("PROXY_TIER1_MAX_TTL", 30.0),
             routes_file=Path(values["PROXY_ROUTES"]) if "PROXY_ROUTES" in values else default_routes_file(),
             upstreams=_upstreams(values),
