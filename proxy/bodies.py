@@ -12,7 +12,7 @@ async def read_up_to(stream: StreamReader, limit: int) -> bytes | None:
     """The whole body, or None as soon as it grows past `limit` bytes (the rest is not read)."""
     chunks: list[bytes] = []
     size = 0
-    while True:
+    while not stream.at_eof():
         # What has arrived already, without a trip through the event loop (a small body usually
         # comes whole with its headers); then wait for more, b"" at the end.
         chunk = stream.read_nowait() or await stream.readany()
