@@ -243,7 +243,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when asked for (or `auto` and installed), else asyncio's own loop."""
     if name in ("uvloop", "auto"):
         try:
-            uvloop = importlib.import_module("uvloop")  # a dependency where it builds (not on Windows)
+            uvloop = importlib.import_module("uvloop")  # optional: `pip install uvloop`
         except ImportError:
             if name == "uvloop":
                 raise ConfigError("invalid setting PROXY_EVENT_LOOP: uvloop is not installed") from None
