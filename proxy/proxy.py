@@ -78,6 +78,7 @@ from proxy.usage import Usage
 
 log = structlog.get_logger("proxy.cache")
 HOT_KEYS_LIMIT = 100_000
+DECODED_MEMO_BYTES = 1024 * 1024  # stored bytes + decoded bodies kept for the entries hit most recently
 
 
 class CacheProxy:
@@ -110,6 +111,8 @@ class CacheProxy:
         self.flights: dict[str, Flight] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._hot: dict[str, int] = {}
+        self._decoded: dict[tuple[str, bool], tuple[bytes, Entry]] = {}
+        self._decoded_bytes = 0
         self._starting: dict[str, asyncio.Future[None]] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -447,12 +450,29 @@ class CacheProxy:
         """The entry, or None; an entry that does not decode is deleted (in the background)."""
         if raw is None:
             return None
+        # Decoding is a pure function of the stored bytes: the same bytes as last time (compared
+        # whole, a memcmp, or the very object the first tier keeps) are the same entry, without
+        # the checksum, header parse and gunzip again.
+        remembered = self._decoded.get((key, accept_gzip))
+        if remembered is not None and remembered[0] == raw:
+            return remembered[1]
         try:
-            return decode_entry(raw, accept_gzip=accept_gzip)
+            entry = decode_entry(raw, accept_gzip=accept_gzip)
         except EntryDecodeError as exc:
             log.warning("dropping an entry that does not decode", error=str(exc))
             self._background(self._delete_quietly(key))
             return None
+        size = len(raw) + len(entry.body)
+        if size <= DECODED_MEMO_BYTES // 8:
+            if self._decoded_bytes + size > DECODED_MEMO_BYTES:
+                self._decoded.clear()
+                self._decoded_bytes = 0
+            replaced = self._decoded.get((key, accept_gzip))
+            if replaced is not None:
+                self._decoded_bytes -= len(replaced[0]) + len(replaced[1].body)
+            self._decoded[(key, accept_gzip)] = (raw, entry)
+            self._decoded_bytes += size
+        return entry
 
     async def _delete_quietly(self, key: str) -> None:
         with contextlib.suppress(StoreError):  # the store logs its own outage

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import fakeredis
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from proxy.entry import decode_entry
+from proxy.entry import decode_entry, encode_entry
 from proxy.store.failopen import FailOpenStore
 from proxy.store.redis import RedisStore
 from tests.conftest import ProxyClientFactory, chat_body
@@ -211,6 +213,26 @@ async def test_a_corrupt_entry_is_a_miss_and_is_replaced(make_proxy: ProxyClient
     stored = await client.get("artwork_info:x")
     assert decode_entry(stored).status == 200
     assert (await proxy.get("/artworks/x")).headers["X-Cache"] == "HIT"
+
+
+async def test_an_entry_replaced_in_redis_is_served_as_it_is_now(
+    make_proxy: ProxyClientFactory, fake: FakeUpstream
+) -> None:
+    """Decoded entries are remembered between hits, but only for the exact bytes they came from:
+    another replica's (or an operator's) new entry under the same key is what the next hit gets,
+    and damaged bytes under a remembered key are still dropped."""
+    client = fakeredis.aioredis.FakeRedis()
+    proxy = await make_proxy(store=FailOpenStore(RedisStore(client)))
+    first = await (await proxy.get("/artworks/x")).read()
+    assert (await proxy.get("/artworks/x")).headers["X-Cache"] == "HIT"
+    stored = decode_entry(await client.get("artwork_info:x"))
+    replacement = dataclasses.replace(stored, body=b'{"title": "replaced elsewhere"}', stored_at=time.time())
+    await client.set("artwork_info:x", encode_entry(replacement))
+    response = await proxy.get("/artworks/x")
+    assert response.headers["X-Cache"] == "HIT"
+    assert await response.read() == b'{"title": "replaced elsewhere"}' != first
+    await client.set("artwork_info:x", b"APX\x01garbage")
+    assert (await proxy.get("/artworks/x")).headers["X-Cache"] == "MISS"
 
 
 async def test_redis_down_fails_open(make_proxy: ProxyClientFactory, fake: FakeUpstream, unused_tcp_port: int) -> None:
