@@ -242,9 +242,14 @@ def merge_previous(results: dict[str, Any], directory: Path) -> None:
             results[name] = previous[name]
             origins[name] = previous.get("origins", {}).get(name, when)
             merged.append(name)
-    if merged:  # the RSS peak target covers every scenario shown
-        peaks = [peak for peak in (results.get("proxy_rss_peak"), previous.get("proxy_rss_peak")) if peak]
-        results["proxy_rss_peak"] = max(peaks) if peaks else None
+    # The RSS peak target covers every scenario shown: the peaks of the scenarios kept from the
+    # previous run come along (not that run's overall peak, which may come from one measured again).
+    peaks = results.setdefault("proxy_rss_peaks", {})
+    for name in merged:
+        if name in previous.get("proxy_rss_peaks", {}):
+            peaks[name] = previous["proxy_rss_peaks"][name]
+    found = [peak for peak in peaks.values() if peak]
+    results["proxy_rss_peak"] = max(found) if found else None
 
 
 def write_outputs(results: dict[str, Any], directory: Path) -> None:
@@ -360,6 +365,7 @@ def run_suite(cfg: BenchConfig, ref: str | None, *, quiet_wait: float = 0.0) -> 
             busy = wait_quiet(quiet_wait)
             results["meta"]["busy_by_scenario"][name] = round(busy, 3)
             log(f"== {name} (machine {busy:.0%} busy before it)")
+            seen = len(ctx.proxy_rss)
             try:
                 results[name] = RUNNERS[name](ctx)
                 results.setdefault("origins", {})[name] = results["meta"]["date"]
@@ -370,6 +376,9 @@ def run_suite(cfg: BenchConfig, ref: str | None, *, quiet_wait: float = 0.0) -> 
                 log(f"{name} failed: {exc}\n{traceback.format_exc()}")
                 with contextlib.suppress(Exception):
                     redis.flush()
+            scenario_peaks = [peak for peak in ctx.proxy_rss[seen:] if peak]
+            if scenario_peaks:
+                results.setdefault("proxy_rss_peaks", {})[name] = max(scenario_peaks)
     except KeyboardInterrupt:
         interrupted = True
         results["notes"].append("the run was interrupted; the figures are partial")
@@ -385,7 +394,7 @@ def run_suite(cfg: BenchConfig, ref: str | None, *, quiet_wait: float = 0.0) -> 
                 log(f"could not clean Redis database {cfg.redis_db}: {exc}")
         redis.close()
         registry.stop_all()
-    peaks = [peak for peak in (ctx.proxy_rss if ctx else []) if peak]
+    peaks = [peak for peak in (results.get("proxy_rss_peaks") or {}).values() if peak]
     results["proxy_rss_peak"] = max(peaks) if peaks else None
     results["meta"]["busy_after"] = round(machine_busy_share(0.5), 3)
     results["meta"]["minutes"] = round((time.monotonic() - started) / 60, 1)
