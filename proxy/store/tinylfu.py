@@ -12,6 +12,7 @@ This is the scheme of Caffeine (Einarsson, Manes, Friedman: "TinyLFU", 2017), si
 from __future__ import annotations
 
 import time
+from hashlib import blake2b
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
@@ -23,6 +24,12 @@ WINDOW_SHARE = 0.01
 PROTECTED_SHARE = 0.80
 _MASK64 = (1 << 64) - 1
 _SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
+
+
+def _stable_hash(key: str) -> int:
+    """64 bits from the key alone: Python's `hash()` of a str changes with every process
+    (PYTHONHASHSEED), which would make admission decisions differ from run to run."""
+    return int.from_bytes(blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 class CountMinSketch:
@@ -39,22 +46,22 @@ class CountMinSketch:
         self._additions = 0
         self._sample = 10 * self.width
 
-    def _slots(self, key: str) -> list[int]:
-        base = hash(key) & _MASK64
+    def _slots(self, base: int) -> list[int]:
         return [((base ^ seed) * 0xFF51AFD7ED558CCD >> 17) & self._mask for seed in _SEEDS]
 
-    def _door_bits(self, key: str) -> list[tuple[int, int]]:
-        base = (hash(key) * 0x9E3779B97F4A7C15) & _MASK64
+    def _door_bits(self, key_hash: int) -> list[tuple[int, int]]:
+        base = (key_hash * 0x9E3779B97F4A7C15) & _MASK64
         bits = self.width * 8
         return [(bit >> 3, 1 << (bit & 7)) for bit in (base % bits, (base >> 32) % bits)]
 
     def increment(self, key: str) -> None:
-        bits = self._door_bits(key)
+        key_hash = _stable_hash(key)
+        bits = self._door_bits(key_hash)
         if not all(self._door[byte] & mask for byte, mask in bits):
             for byte, mask in bits:
                 self._door[byte] |= mask
         else:
-            for row, slot in zip(self._rows, self._slots(key), strict=True):
+            for row, slot in zip(self._rows, self._slots(key_hash), strict=True):
                 if row[slot] < 15:
                     row[slot] += 1
         self._additions += 1
@@ -62,8 +69,9 @@ class CountMinSketch:
             self._age()
 
     def frequency(self, key: str) -> int:
-        seen = all(self._door[byte] & mask for byte, mask in self._door_bits(key))
-        return int(seen) + min(row[slot] for row, slot in zip(self._rows, self._slots(key), strict=True))
+        key_hash = _stable_hash(key)
+        seen = all(self._door[byte] & mask for byte, mask in self._door_bits(key_hash))
+        return int(seen) + min(row[slot] for row, slot in zip(self._rows, self._slots(key_hash), strict=True))
 
     def _age(self) -> None:
         for row in self._rows:
