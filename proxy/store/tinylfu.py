@@ -12,9 +12,9 @@ This is the scheme of Caffeine (Einarsson, Manes, Friedman: "TinyLFU", 2017), si
 from __future__ import annotations
 
 import time
-from hashlib import blake2b
 from collections import OrderedDict
 from collections.abc import Callable
+from hashlib import blake2b
 from typing import NamedTuple
 
 from proxy.store.base import glob_to_regex
