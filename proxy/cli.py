@@ -22,7 +22,7 @@ from proxy.access import AccessPolicy, access_policy_from, hash_access_key
 from proxy.app import create_app
 from proxy.envfile import environment_with_dotenv
 from proxy.errors import ClientRequestError, ConfigError, StoreError
-from proxy.logs import configure_logging
+from proxy.logs import configure_logging, flush_logs
 from proxy.prices import PriceTable, load_price_table
 from proxy.routes import RouteTable, load_route_table
 from proxy.server import run_server
@@ -263,6 +263,8 @@ def _serve_one(
     except OSError as exc:
         structlog.get_logger("proxy").error("cannot listen", error=str(exc))
         return 1
+    finally:
+        flush_logs()  # a forked worker leaves through os._exit: atexit would not run
     return 0
 
 
