@@ -71,15 +71,12 @@ class _RedisLease(Lease):
     async def release(self, *, stored: bool) -> None:
         message = f"{1 if stored else 0}|{self.key}"
         coordinator = self.coordinator
+        script = (_RELEASE, 1, coordinator.lock_key(self.key), self.token, coordinator.channel, message)
         try:
             if coordinator.lane is not None:
-                await coordinator.lane.execute(
-                    b"EVAL", _RELEASE, 1, coordinator.lock_key(self.key), self.token, coordinator.channel, message
-                )
+                await coordinator.lane.execute(b"EVAL", *script)
             else:
-                await coordinator.client.eval(
-                    _RELEASE, 1, coordinator.lock_key(self.key), self.token, coordinator.channel, message
-                )
+                await coordinator.client.eval(*script)
         except REDIS_FAILURES as exc:
             log.warning("could not release a coalescing lock; it will expire", error=str(exc))
 

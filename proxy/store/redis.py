@@ -55,12 +55,8 @@ class RedisStore(Store):
         return cls(redis_client(url, timeout=timeout, max_connections=max_connections), lane=fast)
 
     async def get(self, key: str) -> bytes | None:
-        if self.lane is not None and not self.closed:
-            try:
-                found = await self.lane.get(key)
-            except (ConnectionError, OSError) as exc:
-                raise StoreError(_describe(exc)) from exc
-            return found if found is None or isinstance(found, bytes) else None
+        if self.lane is not None:
+            return await self._call(self.lane.get(key))
         value = await self._call(self.client.get(key))
         return value if value is None or isinstance(value, bytes) else value.encode()
 
@@ -75,11 +71,8 @@ class RedisStore(Store):
 
     async def put(self, key: str, value: bytes, ttl: float, *, if_absent: bool = False) -> None:
         px = max(1, int(ttl * 1000))
-        if self.lane is not None and not self.closed:
-            try:
-                await self.lane.execute(b"SET", key, value, b"PX", px, *((b"NX",) if if_absent else ()))
-            except (ConnectionError, OSError) as exc:
-                raise StoreError(_describe(exc)) from exc
+        if self.lane is not None:
+            await self._call(self.lane.execute(b"SET", key, value, b"PX", px, *((b"NX",) if if_absent else ())))
             return
         await self._call(self.client.set(key, value, px=px, nx=if_absent))
 

@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from proxy.access import hash_access_key
 from proxy.app import create_app
 from proxy.settings import Settings
+from proxy.store.base import Store
 from proxy.store.factory import open_store
 from proxy.store.tiered import TieredStore
 from tests.conftest import chat_body, settings_for
@@ -38,6 +39,12 @@ async def start_replica(aiohttp_client, upstream_url: str, cluster: LocalCluster
     store = open_store(cluster.url, settings)
     client: TestClient[web.Request, web.Application] = await aiohttp_client(create_app(settings, store=store))
     return client, store
+
+
+async def stop_replica(client: TestClient[web.Request, web.Application], store: Store) -> None:
+    """The app first: its clean-up still talks to Redis through the store (counters, unsubscribes)."""
+    await client.close()
+    await store.close()
 
 
 async def test_hits_clears_and_stats_across_primaries(
@@ -69,8 +76,7 @@ async def test_hits_clears_and_stats_across_primaries(
     finally:
         await direct.delete("someone-else:key")
         await direct.aclose()
-        await proxy.close()  # the app first: its clean-up still talks to Redis through the store
-        await store.close()
+        await stop_replica(proxy, store)
 
 
 async def test_coalescing_and_limits_on_a_cluster(
@@ -112,10 +118,8 @@ async def test_coalescing_and_limits_on_a_cluster(
         ]
         assert statuses == [200, 200, 200, 429, 429]  # 3 per minute, across both replicas
     finally:
-        # The apps first: their clean-up flushes counters and unsubscribes through the stores.
-        for client, store in ((first, first_store), (second, second_store)):
-            await client.close()
-            await store.close()
+        await stop_replica(first, first_store)
+        await stop_replica(second, second_store)
 
 
 async def test_a_primary_dies_the_proxy_keeps_answering_and_hits_return(
@@ -140,8 +144,7 @@ async def test_a_primary_dies_the_proxy_keeps_answering_and_hits_return(
         assert "MISS" in outcomes  # the entry's primary was gone: answered from the upstream
         assert outcomes[-2:] == ["HIT", "HIT"]  # the replica took over; hits are back
     finally:
-        await proxy.close()  # the app first: its clean-up still talks to Redis through the store
-        await store.close()
+        await stop_replica(proxy, store)
 
 
 def test_cluster_and_sentinel_urls_are_understood() -> None:
@@ -199,8 +202,7 @@ async def test_a_master_found_through_sentinel(
         master = redis.Redis(port=master_port)
         assert await master.exists("artwork_info:guernica") == 1
         await master.aclose()
-        await proxy.close()  # the app first: its clean-up still talks to Redis through the store
-        await store.close()
+        await stop_replica(proxy, store)
     finally:
         for process in processes:
             process.kill()
