@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import SERVER_ORDER
+from benchmarks.targets import HIT_P99_MS
 
 
 def _pyplot() -> Any:
@@ -57,30 +58,30 @@ def _series(hits: dict[str, Any], payload: str, stat: str) -> list[tuple[str, li
 
 
 def _hits(plt: Any, hits: dict[str, Any]) -> Any:
-    figure, axes = plt.subplots(1, len(hits["payloads"]), figsize=(12, 4.5), squeeze=False)
-    for axis, (payload, label) in zip(axes[0], hits["payloads"].items(), strict=True):
-        for name, xs, ys in _series(hits, payload, "rps"):
-            axis.plot(xs, ys, marker="o", label=name)
-        axis.set_xscale("log")
-        axis.set_xlabel("connections")
-        axis.set_ylabel("requests/s")
-        axis.set_title(f"Hits: {label}")
-        axis.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    return figure
+    return _hit_panels(plt, hits, "rps", ylabel="requests/s", title="Hits: {}")
 
 
 def _hits_latency(plt: Any, hits: dict[str, Any]) -> Any:
+    title = f"Hit p99: {{}} (dashed: {HIT_P99_MS:g} ms target)"
+    return _hit_panels(plt, hits, "p99", ylabel="p99 latency (ms)", title=title, target_ms=HIT_P99_MS)
+
+
+def _hit_panels(
+    plt: Any, hits: dict[str, Any], stat: str, *, ylabel: str, title: str, target_ms: float | None = None
+) -> Any:
+    """One panel per payload, one line per server, against connections (log scale); latency
+    panels get a log y axis and the target as a dashed line."""
     figure, axes = plt.subplots(1, len(hits["payloads"]), figsize=(12, 4.5), squeeze=False)
     for axis, (payload, label) in zip(axes[0], hits["payloads"].items(), strict=True):
-        for name, xs, ys in _series(hits, payload, "p99"):
+        for name, xs, ys in _series(hits, payload, stat):
             axis.plot(xs, ys, marker="o", label=name)
         axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.axhline(5.0, color="grey", linestyle="--", linewidth=1)
+        if target_ms is not None:
+            axis.set_yscale("log")
+            axis.axhline(target_ms, color="grey", linestyle="--", linewidth=1)
         axis.set_xlabel("connections")
-        axis.set_ylabel("p99 latency (ms)")
-        axis.set_title(f"Hit p99: {label} (dashed: 5 ms target)")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title.format(label))
         axis.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
     return figure

@@ -121,6 +121,13 @@ def measure(
     return chosen
 
 
+def load_briefly(ctx: RunContext, server: Server, path: str, **options: Any) -> None:
+    """Unmeasured load for `cfg.warmup` seconds at the target connection count, before a server's
+    measured runs (its pools, buffers and caches filled, as in a steady state)."""
+    cfg = ctx.cfg
+    measure(ctx, server, path, connections=cfg.target_connections, duration=cfg.warmup, repeat=1, retries=0, **options)
+
+
 def _measure_once(
     ctx: RunContext,
     server: Server,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.procinfo import rss_bytes
-from benchmarks.scenarios.common import RunContext, measure, serving, warm
+from benchmarks.scenarios.common import RunContext, load_briefly, measure, serving, warm
 from benchmarks.servers import (
     CEILING,
     NAIVE,
@@ -47,16 +47,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 warmed = warm(server, payload)
                 results["answer_bytes"].setdefault(payload.name, {})[spec.name] = warmed["second"]["bytes"]
                 common = {"method": payload.method, "body_file": payload.body_file}
-                measure(
-                    ctx,
-                    server,
-                    payload.path,
-                    connections=cfg.target_connections,
-                    duration=cfg.warmup,
-                    repeat=1,
-                    retries=0,
-                    **common,
-                )
+                load_briefly(ctx, server, payload.path, **common)
                 series = results["data"][payload.name].setdefault(spec.name, {})
                 for connections in cfg.connections:
                     result = measure(ctx, server, payload.path, connections=connections, **common)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from benchmarks.scenarios.common import RunContext, measure, serving, warm
+from benchmarks.scenarios.common import RunContext, load_briefly, measure, serving, warm
 from benchmarks.servers import PIPELINED, PROXY
 
 NAMESPACE = "ai_content:chat.completions"
@@ -53,16 +53,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             step["entries"] = ctx.redis.size()
             step["used_memory"] = ctx.redis.used_memory()
             for server in (proxy, baseline):
-                measure(
-                    ctx,
-                    server,
-                    payload.path,
-                    connections=cfg.target_connections,
-                    duration=cfg.warmup,
-                    repeat=1,
-                    retries=0,
-                    **common,
-                )
+                load_briefly(ctx, server, payload.path, **common)
                 result = measure(ctx, server, payload.path, connections=cfg.target_connections, **common)
                 step[server.spec.name] = result.to_json()
                 ctx.log(
