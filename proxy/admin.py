@@ -13,7 +13,7 @@ from proxy import operations
 from proxy.admin_auth import require_admin
 from proxy.errors import ClientRequestError, StoreError
 from proxy.metrics import exposition
-from proxy.state import COLLECTOR, LIMITER, REFUSALS, ROUTES, SETTINGS, STATE, STATS_KEEPER, STORE
+from proxy.state import COLLECTOR, LIMITER, REFUSALS, ROUTES, SETTINGS, STATE, STATS, STATS_KEEPER, STORE
 
 METRICS_USAGE_MAX_AGE = 30.0
 log = structlog.get_logger("proxy.admin")
@@ -50,6 +50,7 @@ async def redis_stats(request: web.Request) -> web.Response:
     require_admin(request, loopback_without_token=False)
     body = await request.app[STATS_KEEPER].snapshot()
     body["refusals"] = dict(request.app[REFUSALS].counts)
+    body["fast_lane_hits"] = request.app[STATS].fast_lane_hits
     return web.json_response(body)
 
 

@@ -77,6 +77,11 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_store_errors", "Store (Redis) commands that failed.", value=self.store_errors()
         )
+        yield CounterMetricFamily(
+            f"{PREFIX}_fast_lane_hits",
+            "Hits answered by the fast lane, beneath aiohttp (PROXY_FAST_LANE); included in the requests counter.",
+            value=self.stats.fast_lane_hits,
+        )
         refused = CounterMetricFamily(
             f"{PREFIX}_refusals",
             "Requests refused on purpose: disallowed origins and preflights, bad credentials, rate limits, budgets.",

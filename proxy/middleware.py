@@ -98,8 +98,7 @@ def edge_wrapper(
         return edged
 
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
-        incoming = request.headers.get(REQUEST_ID)
-        request_id = incoming if incoming is not None and _SAFE_REQUEST_ID.match(incoming) else next_request_id()
+        request_id = request_id_for(request.headers.get(REQUEST_ID))
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         record = RequestLog(request_id)
@@ -128,29 +127,48 @@ def edge_wrapper(
             response = json_error(500, "internal error in the proxy; see its log for this request id", request_id)
         if not response.prepared:
             response.headers[REQUEST_ID] = request_id
-        elapsed = time.perf_counter() - started
-        if record.route is not None and record.cache is not None:
-            stats.record(record.route, record.cache, elapsed, usage=record.usage, key=record.key)
-            if record.upstream_ms is not None and record.cache in UPSTREAM_OUTCOMES:
-                stats.record_upstream(record.route, record.upstream_ms / 1000)
-        if access_log:
-            access_line(
-                {
-                    "request_id": request_id,
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "route": record.route,
-                    "cache": record.cache,
-                    "upstream_ms": None if record.upstream_ms is None else round(record.upstream_ms, 3),
-                    "key_digest": record.key_digest,
-                    "error": record.error,
-                }
-            )
+        close_request(
+            stats,
+            record,
+            access_log=access_log,
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            elapsed=time.perf_counter() - started,
+        )
         return response
 
     return wrap
+
+
+def request_id_for(incoming: str | None) -> str:
+    """The client's own `X-Request-Id` when it is a safe one, else a new id."""
+    return incoming if incoming is not None and _SAFE_REQUEST_ID.match(incoming) else next_request_id()
+
+
+def close_request(
+    stats: Stats, record: RequestLog, *, access_log: bool, method: str, path: str, status: int, elapsed: float
+) -> None:
+    """Count a finished request and write its canonical line: aiohttp's path and the fast lane's."""
+    if record.route is not None and record.cache is not None:
+        stats.record(record.route, record.cache, elapsed, usage=record.usage, key=record.key)
+        if record.upstream_ms is not None and record.cache in UPSTREAM_OUTCOMES:
+            stats.record_upstream(record.route, record.upstream_ms / 1000)
+    if access_log:
+        access_line(
+            {
+                "request_id": record.request_id,
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "route": record.route,
+                "cache": record.cache,
+                "upstream_ms": None if record.upstream_ms is None else round(record.upstream_ms, 3),
+                "key_digest": record.key_digest,
+                "error": record.error,
+            }
+        )
 
 
 class _RequestIds:

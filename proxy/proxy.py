@@ -63,7 +63,7 @@ from proxy.policy import (
 from proxy.prices import PriceTable
 from proxy.ratelimit import Decision, Limiter
 from proxy.refusals import ACCESS_DENIED, BUDGET_SPENT, RATE_LIMITED, Refusals
-from proxy.responses import cache_status, entry_response, stream_response
+from proxy.responses import cache_status, entry_response, hit_headers, stream_response
 from proxy.routes import Route, RouteMatch, RouteTable
 from proxy.settings import Settings
 from proxy.store.base import Store
@@ -79,6 +79,11 @@ from proxy.usage import Usage
 log = structlog.get_logger("proxy.cache")
 HOT_KEYS_LIMIT = 100_000
 DECODED_MEMO_BYTES = 1024 * 1024  # stored bytes + decoded bodies kept for the entries hit most recently
+PLAIN_HIT_METHODS = frozenset({"GET", "POST"})
+# A lookup the fast lane just made for a request it then handed to `handle` is reused there
+# instead of asking the store again, if it is at most this old (the hand-over takes microseconds).
+HANDED_OVER_LOOKUP_SECONDS = 0.05
+HANDED_OVER_LOOKUPS_LIMIT = 256
 
 
 class CacheProxy:
@@ -114,6 +119,7 @@ class CacheProxy:
         self._decoded: dict[tuple[str, bool], tuple[bytes, Entry]] = {}
         self._decoded_bytes = 0
         self._starting: dict[str, asyncio.Future[None]] = {}
+        self._handed_over: dict[tuple[str, bool], tuple[float, Entry | None]] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         record = request_log(request)
@@ -133,7 +139,13 @@ class CacheProxy:
         upstream_path = route.upstream_path_for(raw_path, match.params)
         # Built only when the request goes upstream: a fresh hit never needs it.
         upstream_request = functools.partial(
-            self._upstream_request, request, match, upstream_path, body, client_headers
+            self._upstream_request,
+            request.method,
+            request.rel_url.raw_query_string,
+            match,
+            upstream_path,
+            body,
+            client_headers,
         )
 
         if not request_uses_cache(route, request.method):
@@ -167,7 +179,12 @@ class CacheProxy:
 
         stale: Entry | None = None
         if not directives.no_cache:
-            entry = await self._lookup(key, accept_gzip=accepts_gzip(request.headers.get("Accept-Encoding")))
+            accept_gzip = accepts_gzip(request.headers.get("Accept-Encoding"))
+            handed_over = self._handed_over.pop((key, accept_gzip), None)
+            if handed_over is not None and handed_over[0] >= time.monotonic() - HANDED_OVER_LOOKUP_SECONDS:
+                entry = handed_over[1]
+            else:
+                entry = await self.lookup(key, accept_gzip=accept_gzip)
             now = self.clock()
             acceptable_age = directives.max_age is None or (entry is not None and entry.age(now) <= directives.max_age)
             if entry is not None and entry.is_fresh(now) and acceptable_age:
@@ -221,6 +238,54 @@ class CacheProxy:
         record.client = f"credential:{fingerprint[:16]}" if fingerprint else f"ip:{request.remote}"
         return request.headers, fingerprint
 
+    async def plain_hit(
+        self, method: str, raw_path: str, query_string: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[Route, str, Entry] | None:
+        """A fresh entry for a request with nothing to check but its key: what the fast lane serves.
+
+        The caller (proxy/fastlane.py) has already left out requests whose headers ask for more
+        (CORS, Cache-Control, Pragma, X-Cache-TTL, X-Cache-Debug, ...). None - go the full way
+        through `handle` - when the route does not cache, when access keys or rate limits apply,
+        for an embeddings route (batches), and when no fresh entry is found. `headers` has
+        lower-case names. Returns the route, the key and the entry."""
+        match = self.routes.match(method, raw_path)
+        if match is None or method not in PLAIN_HIT_METHODS:
+            return None
+        route = match.route
+        if (
+            not request_uses_cache(route, method)
+            or self.limiter.enabled
+            or (self.settings.upstreams[route.upstream].api_key and not self.access.open_access)
+            or (route.openai_checks and content_type_of(route, match.template) == EMBEDDINGS)
+        ):
+            return None
+        upstream_path = route.upstream_path_for(raw_path, match.params)
+        request_key = key_input(
+            route=route,
+            method=method,
+            upstream_path=upstream_path,
+            query_string=query_string,
+            body=body,
+            headers=headers,
+            credential=credential_fingerprint(headers),
+        )
+        key = build_key(route, match.template, match.params, request_key, prefix=self.settings.key_prefix)
+        accept_gzip = accepts_gzip(headers.get("accept-encoding"))
+        entry = await self.lookup(key, accept_gzip=accept_gzip)
+        now = self.clock()
+        if entry is None or not entry.is_fresh(now):
+            # `handle` answers it next: it finds this lookup instead of repeating it.
+            if len(self._handed_over) >= HANDED_OVER_LOOKUPS_LIMIT:
+                self._handed_over.clear()
+            self._handed_over[(key, accept_gzip)] = (time.monotonic(), entry)
+            return None
+        if self.settings.refresh_ahead:
+            upstream_request = functools.partial(
+                self._upstream_request, method, query_string, match, upstream_path, body, headers
+            )
+            self._refresh_ahead(match, upstream_request, key, None, entry, now)
+        return route, key, entry
+
     async def _check_hit_limit(self, record: RequestLog) -> None:
         if not self.limiter.enabled or record.client is None:
             return
@@ -257,7 +322,7 @@ class CacheProxy:
         record.cache = outcome
         record.usage = entry.usage
         assert record.route is not None
-        return entry_response(
+        headers = hit_headers(
             entry,
             namespace=record.route,
             now=now,
@@ -266,6 +331,7 @@ class CacheProxy:
             upstream_status=upstream_status,
             extra_headers=record.debug,
         )
+        return entry_response(entry, headers)
 
     def _revalidate(
         self,
@@ -438,12 +504,12 @@ class CacheProxy:
                 f"{X_CACHE_DEBUG} is for loopback clients while PROXY_ADMIN_TOKEN is unset", status=403
             )
 
-    async def _lookup(self, key: str, *, accept_gzip: bool = False) -> Entry | None:
+    async def lookup(self, key: str, *, accept_gzip: bool = False) -> Entry | None:
         return self._decode(key, await self.store.get(key), accept_gzip=accept_gzip)
 
     async def _lookup_fresh(self, key: str) -> Entry | None:
         """An entry another replica stored that is fresh now (a stale one is what we are replacing)."""
-        entry = await self._lookup(key)
+        entry = await self.lookup(key)
         return entry if entry is not None and entry.is_fresh(self.clock()) else None
 
     def _decode(self, key: str, raw: bytes | None, *, accept_gzip: bool = False) -> Entry | None:
@@ -614,7 +680,8 @@ class CacheProxy:
 
     def _upstream_request(
         self,
-        request: web.Request,
+        method: str,
+        query_string: str,
         match: RouteMatch,
         upstream_path: str,
         body: bytes,
@@ -623,9 +690,9 @@ class CacheProxy:
         upstream = self.settings.upstreams[match.route.upstream]
         return UpstreamRequest(
             upstream=upstream,
-            method=request.method,
+            method=method,
             path=upstream_path,
-            query_string=request.rel_url.raw_query_string,
+            query_string=query_string,
             headers=upstream_headers(client_headers, upstream),
             body=body,
         )

@@ -39,7 +39,7 @@ def cache_status(outcome: str, namespace: str, *, ttl: int | None = None, upstre
     return "; ".join(parts)
 
 
-def entry_response(
+def hit_headers(
     entry: Entry,
     *,
     namespace: str,
@@ -48,21 +48,31 @@ def entry_response(
     outcome: str = HIT,
     upstream_status: int | None = None,
     extra_headers: dict[str, str] | None = None,
-) -> web.Response:
-    """A hit (or a stale answer): the stored status, headers and body byte for byte, plus the cache headers."""
-    headers = CIMultiDict(entry.headers)
+) -> list[tuple[str, str]]:
+    """The headers of a hit (or a stale answer): the stored ones, then the cache headers.
+
+    None of the stored headers (policy.STORED_RESPONSE_HEADERS) is one of those added here, so
+    the list has each name once. Shared by aiohttp's path and the fast lane (proxy/fastlane.py)."""
+    headers = list(entry.headers)
     if compressible(entry.content_type):
-        headers["Vary"] = "Accept-Encoding"
+        headers.append(("Vary", "Accept-Encoding"))
     if entry.encoding == "gzip":
-        headers["Content-Encoding"] = "gzip"
-    headers[X_CACHE] = outcome
-    headers["Age"] = str(entry.age(now))
+        headers.append(("Content-Encoding", "gzip"))
     ttl = int(entry.stored_at + entry.fresh_for - now)  # negative once stale, as RFC 9211 has it
-    headers[CACHE_STATUS] = cache_status(outcome, namespace, ttl=ttl, upstream_status=upstream_status)
-    headers[REQUEST_ID] = request_id
+    headers += (
+        (X_CACHE, outcome),
+        ("Age", str(entry.age(now))),
+        (CACHE_STATUS, cache_status(outcome, namespace, ttl=ttl, upstream_status=upstream_status)),
+        (REQUEST_ID, request_id),
+    )
     if extra_headers:
-        headers.update(extra_headers)
-    return web.Response(status=entry.status, body=entry.body, headers=headers)
+        headers.extend(extra_headers.items())
+    return headers
+
+
+def entry_response(entry: Entry, headers: list[tuple[str, str]]) -> web.Response:
+    """A hit (or a stale answer): the stored status and body byte for byte, with `hit_headers`."""
+    return web.Response(status=entry.status, body=entry.body, headers=CIMultiDict(headers))
 
 
 async def stream_response(

@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 
 import structlog
 from aiohttp import web
 
+from proxy.fastlane import fast_lane_site, runner_options
 from proxy.settings import Settings
 from proxy.state import STATE
 
 log = structlog.get_logger("proxy")
+
+
+def settle_heap() -> None:
+    """Move everything alive after start-up (modules, the route table, clients) out of the
+    garbage collector's sight: its full collections then scan only what requests create, and
+    stop pausing the loop for 15-20 ms each (the cause of the hit p99 before this was done)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def run_server(app: web.Application, settings: Settings, *, reuse_port: bool = False) -> None:
@@ -28,11 +38,19 @@ async def run_server(app: web.Application, settings: Settings, *, reuse_port: bo
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, signals.put_nowait, signum)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    options = runner_options() if settings.fast_lane else {"access_log": None}
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, **options)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_port=reuse_port or None)
+        site: web.BaseSite
+        if settings.fast_lane:
+            site = fast_lane_site(
+                runner, host=settings.host, port=settings.port, backlog=1024, reuse_port=reuse_port or None
+            )
+        else:
+            site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_port=reuse_port or None)
         await site.start()
+        settle_heap()
         log.info("listening", url=f"http://{settings.host}:{settings.port}")
         received = await signals.get()
         app[STATE].draining = True

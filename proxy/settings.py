@@ -67,6 +67,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
     event_loop: str = "asyncio"  # or uvloop, or auto: uvloop when installed (README: why not the default)
+    fast_lane: bool = True  # plain hits answered beneath aiohttp (proxy/fastlane.py)
     workers: int = 0  # 0: automatic (one per CPU with Redis, one with the embedded store)
     # None: no Redis variable was set, so start-up probes localhost:6379 and falls back to memory.
     redis_url: str | None = field(default=None, repr=False)
@@ -118,6 +119,7 @@ class Settings:
             host=values.get("PROXY_HOST", "0.0.0.0"),
             port=reader.integer("PROXY_PORT", 8000, minimum=0, maximum=65535),
             event_loop=reader.choice("PROXY_EVENT_LOOP", "asyncio", ("auto", "uvloop", "asyncio")),
+            fast_lane=reader.boolean("PROXY_FAST_LANE", True),
             workers=0
             if values.get("PROXY_WORKERS", "auto").strip().lower() == "auto"
             else reader.integer("PROXY_WORKERS", 0, minimum=1, maximum=256),

@@ -57,6 +57,7 @@ class Stats:
         self._names: dict[tuple[str, str], _FieldNames] = {}
         self._flushed: dict[str, int] = {}
         self.key_hits: defaultdict[str, int] = defaultdict(int)
+        self.fast_lane_hits = 0  # of the hits, those the fast lane answered (this process; not flushed)
 
     def record(
         self, namespace: str, outcome: str, seconds: float, *, usage: Usage | None = None, key: str | None = None

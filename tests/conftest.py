@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -13,9 +14,12 @@ import pytest
 import redis.asyncio as redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from proxy.app import create_app
+from proxy.fastlane import fast_lane_site, runner_options
 from proxy.settings import Settings
+from proxy.state import SETTINGS
 from proxy.store.base import Store
 from proxy.store.failopen import FailOpenStore
 from proxy.store.memory import MemoryStore
@@ -64,6 +68,29 @@ def memory_store() -> Store:
     return FailOpenStore(MemoryStore(16 * 1024 * 1024))
 
 
+class FastLaneTestServer(TestServer):
+    """aiohttp's test server, listening through the fast lane as `python -m proxy serve` does."""
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self._loop = loop
+        runner = await self._make_runner(handler_cancellation=True, **runner_options(), **kwargs)
+        self.runner = runner
+        await runner.setup()
+        sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
+        self.host, self.port = sock.getsockname()[:2]
+        assert isinstance(runner, web.AppRunner)
+        await fast_lane_site(runner, sock=sock).start()
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+
+def serve_app(app: web.Application) -> TestServer:
+    """The app's test server: through the fast lane unless its settings turn it off."""
+    return FastLaneTestServer(app) if app[SETTINGS].fast_lane else TestServer(app)
+
+
 ProxyClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
@@ -76,7 +103,7 @@ def make_proxy(
     async def factory(*, store: Store | None = None, **env: str) -> TestClient[web.Request, web.Application]:
         active_store = store if store is not None else FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis()))
         app = create_app(settings_for(upstream_url, **env), store=active_store)
-        return await aiohttp_client(app)
+        return await aiohttp_client(serve_app(app))
 
     return factory
 

@@ -1,0 +1,385 @@
+"""The fast lane: plain cache hits answered beneath aiohttp, everything else handed to it.
+
+aiohttp's request machinery (parser, request and response objects, the handler task) costs
+about 60 us per request on the machines we measure on, more than the whole cache hit (a
+pipelined Redis GET). So each accepted connection is owned by a `FastLane` protocol. It frames
+requests itself with a strict reader (proxy/http1.py) and answers a request with a fresh entry
+when there is nothing else to do for it (`CacheProxy.plain_hit`): the same bytes, headers, log
+line and counters as aiohttp's path. Every other request - a miss, a stale entry, an error, an
+operations endpoint, anything with CORS, cache directives, access keys or rate limits - is
+*lent* to an aiohttp `RequestHandler` attached to the same connection: it gets the request's
+exact bytes, answers as it always does, and when its response is written (its access logger,
+`LaneReturn`, is told so) the connection comes back to the lane for the next request. Requests
+the strict reader does not frame (chunked bodies, `Expect`, `Upgrade`, HTTP/1.0, malformed
+heads) give the connection to aiohttp for good.
+
+Responses stay in request order: the lane takes the next request only once the previous one is
+answered, by itself or by aiohttp. The lane closes connections idle for `KEEPALIVE_TIMEOUT`
+seconds (aiohttp's own default), and on shutdown closes idle connections and lets answers in
+progress finish, as aiohttp does (`FastLaneSite.stop`). `PROXY_FAST_LANE=off` serves everything
+through aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hashlib
+import logging
+import socket
+import time
+from http import HTTPStatus
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.tcp_helpers import tcp_keepalive
+from aiohttp.web_protocol import RequestHandler
+from yarl import URL
+
+from proxy.constants import HIT, X_CACHE_DEBUG, X_CACHE_TTL
+from proxy.entry import Entry
+from proxy.errors import ClientRequestError
+from proxy.http1 import INCOMPLETE, UNFRAMED, RequestHead, read_head
+from proxy.middleware import RequestLog, close_request, request_id_for
+from proxy.proxy import CacheProxy
+from proxy.responses import hit_headers
+from proxy.state import PROXY, SETTINGS, STATS
+from proxy.stats import Stats
+
+log = structlog.get_logger("proxy.fastlane")
+KEEPALIVE_TIMEOUT: Final = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default)
+SWEEP_EVERY: Final = 5.0
+STOP_WAIT: Final = 5.0  # at most this long for the lane's answers in progress at shutdown (they take ms)
+# Headers that ask for more than a plain hit: the request goes aiohttp's way.
+NOT_PLAIN_HEADERS: Final = frozenset(
+    {"origin", "cache-control", "pragma", X_CACHE_TTL.lower(), X_CACHE_DEBUG.lower(), "access-control-request-method"}
+)
+_REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
+
+
+class LaneReturn(AbstractAccessLogger):
+    """Passed to aiohttp as its access logger class: it is told when a response is written,
+    which is when a lent connection may go back to its lane. It logs nothing (the proxy's own
+    edge writes the request's line)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        transport = request.transport
+        lane = transport.get_protocol() if transport is not None else None
+        if isinstance(lane, FastLane):
+            lane.answered_by_aiohttp(request.protocol, response)
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+
+def runner_options() -> dict[str, Any]:
+    """`web.AppRunner` keyword arguments for an app served through `FastLaneSite`."""
+    return {
+        "access_log_class": LaneReturn,
+        "access_log": logging.getLogger("proxy.fastlane"),
+        "keepalive_timeout": KEEPALIVE_TIMEOUT,
+    }
+
+
+class HitWriter:
+    """Answers plain hits for the lanes of one app: the proxy's lookup, then the response bytes."""
+
+    def __init__(self, proxy: CacheProxy, stats: Stats, *, access_log: bool) -> None:
+        self.proxy = proxy
+        self.stats = stats
+        self.access_log = access_log
+        self.max_request_bytes = proxy.settings.max_request_bytes
+        self._date_second = -1
+        self._date = ""
+
+    @staticmethod
+    def is_plain(head: RequestHead) -> bool:
+        headers = head.headers
+        return (
+            not head.repeated
+            and NOT_PLAIN_HEADERS.isdisjoint(headers)
+            and headers.get("connection", "keep-alive").lower() == "keep-alive"
+        )
+
+    async def answer(self, head: RequestHead, body: bytes) -> bytes | None:
+        """The whole response to a plain hit, or None when aiohttp's path must answer."""
+        started = time.perf_counter()
+        try:
+            found = await self.proxy.plain_hit(head.method, head.raw_path, head.query_string, head.headers, body)
+        except ClientRequestError:
+            return None  # aiohttp's path gives the error its JSON body
+        if found is None:
+            return None
+        route, key, entry = found
+        self.stats.fast_lane_hits += 1
+        request_id = request_id_for(head.headers.get("x-request-id"))
+        headers = hit_headers(entry, namespace=route.name, now=self.proxy.clock(), request_id=request_id)
+        response = self._render(entry, headers)
+        record = RequestLog(
+            request_id,
+            route=route.name,
+            cache=HIT,
+            key_digest=hashlib.sha256(key.encode()).hexdigest()[:16],
+            key=key,
+            usage=entry.usage,
+        )
+        path = head.raw_path if "%" not in head.raw_path else URL.build(path=head.raw_path, encoded=True).path
+        close_request(
+            self.stats,
+            record,
+            access_log=self.access_log,
+            method=head.method,
+            path=path,
+            status=entry.status,
+            elapsed=time.perf_counter() - started,
+        )
+        return response
+
+    def _render(self, entry: Entry, headers: list[tuple[str, str]]) -> bytes:
+        """The response as aiohttp writes a `web.Response`: status line, headers, the length,
+        a default type, `Date` and `Server`, then the body."""
+        lines = [f"HTTP/1.1 {entry.status} {_REASONS.get(entry.status, '')}"]
+        lines.extend(f"{name}: {value}" for name, value in headers)
+        lines.append(f"Content-Length: {len(entry.body)}")
+        if entry.content_type is None:
+            lines.append("Content-Type: application/octet-stream")
+        lines.append(f"Date: {self._http_date()}")
+        lines.append(f"Server: {SERVER_SOFTWARE}\r\n\r\n")
+        return "\r\n".join(lines).encode() + entry.body
+
+    def _http_date(self) -> str:
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = email.utils.formatdate(second, usegmt=True)
+        return self._date
+
+
+class FastLane(asyncio.Protocol):
+    """One client connection: plain hits answered here, other requests lent to aiohttp."""
+
+    def __init__(self, site: FastLaneSite) -> None:
+        self.site = site
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.busy = False  # a request is being answered, here or by a lent handler
+        self.handler: RequestHandler | None = None  # aiohttp's, while lent or for good
+        self.given_up = False  # aiohttp reads this connection from now on
+        self.stopping = False
+        self.writing_paused = False
+        self.answering: asyncio.Task[None] | None = None
+        self.last_active = time.monotonic()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        tcp_keepalive(transport)
+        self.site.lanes.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.given_up:
+            assert self.handler is not None
+            self.handler.data_received(data)
+            return
+        self.buffer += data
+        if not self.busy:
+            self._next_request()
+
+    def eof_received(self) -> bool | None:
+        return None  # close, as aiohttp does
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.site.lanes.discard(self)
+        self.transport = None
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.handler is not None:
+            self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.handler is not None:
+            self.handler.resume_writing()
+        elif not self.busy:
+            self._next_request()
+
+    # the lane
+
+    def _next_request(self) -> None:
+        """Take the next whole request from the buffer, if nothing is being answered."""
+        transport = self.transport
+        if transport is None or self.busy or self.stopping or self.writing_paused or not self.buffer:
+            return
+        head = read_head(self.buffer)
+        if head is INCOMPLETE:
+            return
+        writer = self.site.hits
+        if head is UNFRAMED or not isinstance(head, RequestHead):
+            self._give_up()
+            return
+        if head.length > writer.max_request_bytes:
+            self._give_up()  # aiohttp refuses it (413) without reading it whole
+            return
+        end = head.size + head.length
+        if len(self.buffer) < end:
+            return
+        raw = bytes(self.buffer[:end])
+        del self.buffer[:end]
+        self.busy = True
+        if writer.is_plain(head):
+            self.answering = asyncio.ensure_future(self._answer(writer, head, raw))
+        else:
+            self._lend(raw)
+
+    async def _answer(self, writer: HitWriter, head: RequestHead, raw: bytes) -> None:
+        try:
+            response = await writer.answer(head, raw[head.size :])
+        except Exception:
+            log.exception("the fast lane failed on a request; aiohttp's path answers it")
+            response = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if response is None:
+            self._lend(raw)
+            return
+        transport.write(response)
+        self._answered()
+
+    def _answered(self) -> None:
+        self.busy = False
+        self.answering = None
+        self.last_active = time.monotonic()
+        if self.handler is not None:
+            self.handler.keep_alive(True)  # cancels its idle timer: the lane is serving the connection
+        if self.stopping and self.transport is not None:
+            self.transport.close()
+        else:
+            self._next_request()
+
+    def _handler(self) -> RequestHandler:
+        """aiohttp's handler of this connection, attached at its first request that needs it."""
+        handler = self.handler
+        if handler is None:
+            assert self.transport is not None
+            handler = self.handler = self.site.aiohttp_server()
+            handler.connection_made(self.transport)
+            if self.writing_paused:
+                handler.pause_writing()
+        return handler
+
+    def _lend(self, raw: bytes) -> None:
+        """aiohttp answers this one request; `answered_by_aiohttp` is told when it has."""
+        self._handler().data_received(raw)
+
+    def answered_by_aiohttp(self, handler: RequestHandler, response: web.StreamResponse) -> None:
+        if handler is not self.handler or self.given_up or not self.busy:
+            return
+        if not response.keep_alive or self.stopping:
+            return  # aiohttp closes the connection itself after this response
+        # aiohttp's handler stays attached, idle until the lane lends it another request. Its
+        # keep-alive timer, armed after each response, is cancelled once the lane serves the
+        # connection again (`_answered`): idleness is the lane's to judge while it reads.
+        asyncio.get_running_loop().call_soon(self._answered)
+
+    def _give_up(self) -> None:
+        """aiohttp reads this connection from now on (requests the strict reader does not frame)."""
+        self.given_up = True
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        self._handler().data_received(data)
+
+    def close_if_idle(self, now: float) -> None:
+        idle = self.transport is not None and not self.busy and not self.given_up
+        # A connection aiohttp reads for good keeps aiohttp's own keep-alive timer.
+        if idle and (self.stopping or now - self.last_active > KEEPALIVE_TIMEOUT):
+            assert self.transport is not None
+            self.transport.close()
+
+    def stop(self) -> None:
+        """No new requests; closed now if idle, else once its answer is written."""
+        self.stopping = True
+        self.close_if_idle(time.monotonic())
+
+
+class FastLaneSite(web.BaseSite):
+    """A TCP site whose connections start on the fast lane (`host`/`port`, or a bound `sock`)."""
+
+    __slots__ = ("_host", "_port", "_reuse_port", "_sock", "_sweeper", "aiohttp_server", "hits", "lanes")
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        hits: HitWriter,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        sock: socket.socket | None = None,
+        backlog: int = 128,
+        reuse_port: bool | None = None,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        assert runner.server is not None
+        self._host = host
+        self._port = port
+        self._sock = sock
+        self._reuse_port = reuse_port
+        self.aiohttp_server = runner.server
+        self.lanes: set[FastLane] = set()
+        self.hits = hits
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}" if self._sock is None else f"fast lane on {self._sock}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            self._server = await loop.create_server(lambda: FastLane(self), sock=self._sock, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(
+                lambda: FastLane(self), self._host, self._port, backlog=self._backlog, reuse_port=self._reuse_port
+            )
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            now = time.monotonic()
+            for lane in list(self.lanes):
+                lane.close_if_idle(now)
+
+    async def stop(self) -> None:
+        """Stop listening, close idle connections, let the lane's answers in progress finish
+        (aiohttp's runner then does the same for the requests lent to it)."""
+        await super().stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        answering = []
+        for lane in list(self.lanes):
+            lane.stop()
+            if lane.answering is not None:
+                answering.append(lane.answering)
+        if answering:
+            await asyncio.wait(answering, timeout=STOP_WAIT)
+
+
+def fast_lane_site(runner: web.AppRunner, **options: Any) -> FastLaneSite:
+    """A `FastLaneSite` for a runner that is set up (its app's proxy exists once it has started)."""
+    app = runner.app
+    return FastLaneSite(runner, HitWriter(app[PROXY], app[STATS], access_log=app[SETTINGS].access_log), **options)
