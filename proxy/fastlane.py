@@ -43,7 +43,7 @@ from yarl import URL
 from proxy.constants import HIT, X_CACHE_DEBUG, X_CACHE_TTL
 from proxy.entry import Entry
 from proxy.errors import ClientRequestError
-from proxy.http1 import INCOMPLETE, UNFRAMED, RequestHead, read_head
+from proxy.http1 import INCOMPLETE, MAX_HEAD_BYTES, UNFRAMED, RequestHead, read_head
 from proxy.middleware import RequestLog, close_request, request_id_for
 from proxy.proxy import CacheProxy
 from proxy.responses import hit_headers
@@ -172,6 +172,7 @@ class FastLane(asyncio.Protocol):
         self.given_up = False  # aiohttp reads this connection from now on
         self.stopping = False
         self.writing_paused = False
+        self.reading_paused = False  # by the lane itself, for a backlog of pipelined requests
         self.answering: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()
 
@@ -191,6 +192,11 @@ class FastLane(asyncio.Protocol):
         self.buffer += data
         if not self.busy:
             self._next_request()
+        elif len(self.buffer) > self.site.hits.max_request_bytes + MAX_HEAD_BYTES and not self.reading_paused:
+            # Requests pipelined behind one still being answered: wait before reading more.
+            self.reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close, as aiohttp does
@@ -219,7 +225,12 @@ class FastLane(asyncio.Protocol):
     def _next_request(self) -> None:
         """Take the next whole request from the buffer, if nothing is being answered."""
         transport = self.transport
-        if transport is None or self.busy or self.stopping or self.writing_paused or not self.buffer:
+        if transport is None or self.busy or self.stopping or self.writing_paused:
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        if not self.buffer:
             return
         head = read_head(self.buffer)
         if head is INCOMPLETE:

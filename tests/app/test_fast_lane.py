@@ -268,3 +268,18 @@ async def test_idle_connections_close_but_busy_ones_stay(
         assert (await connection.response()).headers["x-cache"] == "HIT"
 
     assert await connection.closed_by_server(within=3)  # then idle: closed
+
+
+async def test_a_long_pipeline_is_answered_whole_and_in_order(make_proxy: ProxyClientFactory, connect) -> None:  # type: ignore[no-untyped-def]
+    # A small body limit makes the lane stop reading while its backlog is over about 17 KiB.
+    proxy = await make_proxy(PROXY_MAX_REQUEST_BYTES="1KB")
+    connection = await connect(proxy)
+    prompts = [f"prompt {index % 7}" for index in range(300)]
+    await connection.send(
+        *(post(CHAT, chat(prompt), f"X-Request-Id: r{index}") for index, prompt in enumerate(prompts))
+    )
+    answers = [await connection.response() for _ in prompts]
+
+    assert [answer.headers["x-request-id"] for answer in answers] == [f"r{index}" for index in range(300)]
+    assert all(prompt.encode() in answer.body for prompt, answer in zip(prompts, answers, strict=True))
+    assert [answer.headers["x-cache"] for answer in answers].count("MISS") == 7
