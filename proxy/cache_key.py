@@ -191,7 +191,7 @@ def canonical_body(body: bytes, media_type: str) -> bytes:
 
 
 DIGEST_MEMO_LIMIT = 4096  # requests whose digest is remembered (emptied when full)
-_digest_memo: dict[tuple[object, ...], str] = {}
+_digest_memo: dict[bytes, str] = {}
 
 
 def request_digest(request: KeyInput) -> str:
@@ -199,16 +199,24 @@ def request_digest(request: KeyInput) -> str:
 
     Canonical JSON costs a parse and a sorted dump of the body (a third of building a key); a
     request asked again (what a cache hit is) is recognised by the SHA-256 of its exact bytes
-    instead, which is several times cheaper. Bounded: about 400 bytes per remembered request."""
-    memo_key = (
+    instead, which is several times cheaper. Bounded: about 250 bytes per remembered request."""
+    # Length-prefixed fields (netstring-like), so no two different requests frame alike.
+    method, path, query, media, credential = (
         request.method,
         request.upstream_path,
         request.query_string,
         request.media_type,
-        request.vary,
-        request.credential,
-        hashlib.sha256(request.body).digest(),
+        request.credential or "",
     )
+    framed = (
+        f"{len(method)}:{method}{len(path)}:{path}{len(query)}:{query}{len(media)}:{media}"
+        f"{len(credential)}:{credential}{len(request.vary)}|"
+    )  # the count of varying headers too: the body follows them
+    for name, value in request.vary:
+        framed += f"{len(name)}:{name}{len(value)}:{value}"
+    exact = hashlib.sha256(framed.encode("utf-8", "surrogateescape"))
+    exact.update(request.body)
+    memo_key = exact.digest()
     digest = _digest_memo.get(memo_key)
     if digest is None:
         digest = _canonical_digest(request)

@@ -74,7 +74,7 @@ class Settings:
     redis_timeout: float = 0.5
     redis_max_connections: int = 64
     memory_max_bytes: int = 64 * 1024**2
-    tier1_max_bytes: int = 4 * 1024**2  # 0 turns the in-process first tier off
+    tier1_max_bytes: int = 2 * 1024**2  # 0 turns the in-process first tier off
     tier1_max_ttl: float = 30.0
     routes_file: Path = field(default_factory=default_routes_file)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
@@ -129,7 +129,7 @@ class Settings:
             memory_max_bytes=reader.size("PROXY_MEMORY_MAX_BYTES", 64 * 1024**2),
             tier1_max_bytes=0
             if values.get("PROXY_TIER1_MAX_BYTES", "").strip() == "0"
-            else reader.size("PROXY_TIER1_MAX_BYTES", 4 * 1024**2),
+            else reader.size("PROXY_TIER1_MAX_BYTES", 2 * 1024**2),
             tier1_max_ttl=reader.seconds("PROXY_TIER1_MAX_TTL", 30.0),
             routes_file=Path(values["PROXY_ROUTES"]) if "PROXY_ROUTES" in values else default_routes_file(),
             upstreams=_upstreams(values),

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from proxy.store.base import glob_to_regex
 
-ENTRY_OVERHEAD_BYTES = 120
+ENTRY_OVERHEAD_BYTES = 300  # key and value objects, the item tuple, the ordered dict node (measured)
 WINDOW_SHARE = 0.01
 PROTECTED_SHARE = 0.80
 _MASK64 = (1 << 64) - 1

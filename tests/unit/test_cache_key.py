@@ -169,3 +169,9 @@ def test_head_shares_the_get_entry() -> None:
 
 def test_prefix() -> None:
     assert key_for("GET", "/artworks/x", prefix="staging:") == "staging:artwork_info:x"
+
+
+def test_the_remembered_digest_never_mixes_a_varying_header_with_the_body() -> None:
+    with_header = cache_key.KeyInput("POST", "/p", "", b"B", "application/json", (("x", "y"),), None)
+    in_the_body = cache_key.KeyInput("POST", "/p", "", b"1:x1:yB", "application/json", (), None)
+    assert cache_key.request_digest(with_header) != cache_key.request_digest(in_the_body)
