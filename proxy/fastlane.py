@@ -46,7 +46,7 @@ from proxy.entry import Entry
 from proxy.errors import ClientRequestError
 from proxy.http1 import INCOMPLETE, MAX_HEAD_BYTES, UNFRAMED, RequestHead, read_head
 from proxy.middleware import RequestLog, close_request, request_id_for
-from proxy.proxy import CacheProxy
+from proxy.proxy import CacheProxy, PlainRequest
 from proxy.responses import hit_headers
 from proxy.state import PROXY, SETTINGS, STATS
 from proxy.stats import Stats
@@ -111,17 +111,29 @@ class HitWriter:
             and headers.get("connection", "keep-alive").lower() == "keep-alive"
         )
 
-    async def answer(self, head: RequestHead, body: bytes) -> bytes | None:
-        """The whole response to a plain hit, or None when aiohttp's path must answer."""
-        started = time.perf_counter()
+    def prepare(self, head: RequestHead, body: bytes) -> PlainRequest | None:
+        """The request's key when the lane may answer it; None when aiohttp's path must."""
+        if not self.is_plain(head):
+            return None
         try:
-            found = await self.proxy.plain_hit(head.method, head.raw_path, head.query_string, head.headers, body)
+            return self.proxy.plain_request(head.method, head.raw_path, head.query_string, head.headers, body)
         except ClientRequestError:
             return None  # aiohttp's path gives the error its JSON body
-        if found is None:
-            return None
-        route, key, entry = found
+
+    def answer_now(self, head: RequestHead, plain: PlainRequest, started: float) -> bytes | None:
+        """The response from an entry this process holds, or None: `answer` looks further."""
+        entry = self.proxy.fresh_now(plain)
+        return None if entry is None else self._respond(head, plain, entry, started)
+
+    async def answer(self, head: RequestHead, plain: PlainRequest, started: float) -> bytes | None:
+        """The response from a fresh entry in the store, or None when aiohttp's path must answer."""
+        entry = await self.proxy.fresh_entry(plain)
+        return None if entry is None else self._respond(head, plain, entry, started)
+
+    def _respond(self, head: RequestHead, plain: PlainRequest, entry: Entry, started: float) -> bytes:
+        """The whole response, counted and logged as aiohttp's path does it."""
         self.stats.fast_lane_hits += 1
+        route = plain.match.route
         request_id = request_id_for(head.headers.get("x-request-id"))
         headers = hit_headers(entry, namespace=route.name, now=self.proxy.clock(), request_id=request_id)
         response = self._render(entry, headers)
@@ -129,8 +141,8 @@ class HitWriter:
             request_id,
             route=route.name,
             cache=HIT,
-            key_digest=hashlib.sha256(key.encode()).hexdigest()[:16],
-            key=key,
+            key_digest=hashlib.sha256(plain.key.encode()).hexdigest()[:16],
+            key=plain.key,
             usage=entry.usage,
         )
         path = head.raw_path if "%" not in head.raw_path else URL.build(path=head.raw_path, encoded=True).path
@@ -238,39 +250,50 @@ class FastLane(asyncio.BufferedProtocol):
     # the lane
 
     def _next_request(self) -> None:
-        """Take the next whole request from the buffer, if nothing is being answered."""
+        """Take whole requests from the buffer while nothing is being answered: those answered
+        at once (from this process's memory) one after another, until one has to wait for a
+        lookup or for aiohttp."""
         transport = self.transport
-        if transport is None or self.busy or self.stopping or self.writing_paused:
-            return
-        if self.reading_paused:
-            self.reading_paused = False
-            transport.resume_reading()
-        if not self.buffer:
-            return
-        head = read_head(self.buffer)
-        if head is INCOMPLETE:
-            return
         writer = self.site.hits
-        if head is UNFRAMED or not isinstance(head, RequestHead):
-            self._give_up()
-            return
-        if head.length > writer.max_request_bytes:
-            self._give_up()  # aiohttp refuses it (413) without reading it whole
-            return
-        end = head.size + head.length
-        if len(self.buffer) < end:
-            return
-        raw = bytes(self.buffer[:end])
-        del self.buffer[:end]
-        self.busy = True
-        if writer.is_plain(head):
-            self.site.admit(self, head, raw)
-        else:
-            self._lend(raw)
+        while transport is not None and not self.busy and not self.stopping and not self.writing_paused:
+            if self.reading_paused:
+                self.reading_paused = False
+                transport.resume_reading()
+            if not self.buffer:
+                return
+            head = read_head(self.buffer)
+            if head is INCOMPLETE:
+                return
+            if head is UNFRAMED or not isinstance(head, RequestHead) or head.length > writer.max_request_bytes:
+                self._give_up()  # aiohttp reads it (and refuses a body over the limit, 413)
+                return
+            end = head.size + head.length
+            if len(self.buffer) < end:
+                return
+            started = time.perf_counter()
+            raw = bytes(self.buffer[:end])
+            del self.buffer[:end]
+            self.busy = True
+            try:
+                plain = writer.prepare(head, raw[head.size :])
+                response = None if plain is None else writer.answer_now(head, plain, started)
+            except Exception:
+                log.exception("the fast lane failed on a request; aiohttp's path answers it")
+                plain = None
+            if plain is None:
+                self._lend(raw)
+            elif response is None:
+                self.site.admit(self, head, plain, raw, started)
+            else:
+                self.site.write_soon(transport, response)
+                self._finish_answer()
+        if self.stopping and not self.busy and transport is not None:
+            self.site.write_answers()
+            transport.close()
 
-    async def answer(self, head: RequestHead, raw: bytes) -> None:
+    async def answer(self, head: RequestHead, plain: PlainRequest, raw: bytes, started: float) -> None:
         try:
-            response = await self.site.hits.answer(head, raw[head.size :])
+            response = await self.site.hits.answer(head, plain, started)
         except Exception:
             log.exception("the fast lane failed on a request; aiohttp's path answers it")
             response = None
@@ -285,16 +308,17 @@ class FastLane(asyncio.BufferedProtocol):
         transport.write(response)
         self._answered()
 
-    def _answered(self) -> None:
+    def _finish_answer(self) -> None:
         self.busy = False
         self.answering = None
         self.last_active = time.monotonic()
         if self.handler is not None:
             self.handler.keep_alive(True)  # cancels its idle timer: the lane is serving the connection
-        if self.stopping and self.transport is not None:
-            self.transport.close()
-        else:
-            self._next_request()
+
+    def _answered(self) -> None:
+        """An answer that had to wait is written (by the lane or aiohttp): on to the next request."""
+        self._finish_answer()
+        self._next_request()
 
     def _handler(self) -> RequestHandler:
         """aiohttp's handler of this connection, attached at its first request that needs it."""
@@ -333,6 +357,7 @@ class FastLane(asyncio.BufferedProtocol):
         # A connection aiohttp reads for good keeps aiohttp's own keep-alive timer.
         if idle and (self.stopping or now - self.last_active > KEEPALIVE_TIMEOUT):
             assert self.transport is not None
+            self.site.write_answers()
             self.transport.close()
 
     def stop(self) -> None:
@@ -346,7 +371,7 @@ class FastLaneSite(web.BaseSite):
 
     __slots__ = (
         "_host", "_port", "_reuse_port", "_sock", "_sweeper", "aiohttp_server", "answers_in_flight", "hits", "lanes",
-        "waiting",
+        "unwritten", "waiting",
     )  # fmt: skip
 
     def __init__(
@@ -369,24 +394,40 @@ class FastLaneSite(web.BaseSite):
         self.aiohttp_server = runner.server
         self.lanes: set[FastLane] = set()
         self.answers_in_flight = 0
-        self.waiting: deque[tuple[FastLane, RequestHead, bytes]] = deque()
+        self.unwritten: list[tuple[asyncio.Transport, bytes]] = []
+        self.waiting: deque[tuple[FastLane, RequestHead, PlainRequest, bytes, float]] = deque()
         self.hits = hits
         self._sweeper: asyncio.Task[None] | None = None
 
-    def admit(self, lane: FastLane, head: RequestHead, raw: bytes) -> None:
-        """Start answering a plain hit now, or once fewer than `MAX_ANSWERS_IN_FLIGHT` are."""
+    def write_soon(self, transport: asyncio.Transport, response: bytes) -> None:
+        """Write at the end of this turn of the loop, with the other answers it produced: the
+        client (wrk, a pool of connections) is woken once for them all, not once per answer.
+        Order holds: whatever else the connection answers is written in a later turn."""
+        if not self.unwritten:
+            asyncio.get_running_loop().call_soon(self.write_answers)
+        self.unwritten.append((transport, response))
+
+    def write_answers(self) -> None:
+        """Write the answers `write_soon` holds (also before the lane closes a connection)."""
+        unwritten, self.unwritten = self.unwritten, []
+        for transport, response in unwritten:
+            if not transport.is_closing():
+                transport.write(response)
+
+    def admit(self, lane: FastLane, head: RequestHead, plain: PlainRequest, raw: bytes, started: float) -> None:
+        """Start looking up a plain request now, or once fewer than `MAX_ANSWERS_IN_FLIGHT` are."""
         if self.answers_in_flight < MAX_ANSWERS_IN_FLIGHT:
             self.answers_in_flight += 1
-            lane.answering = asyncio.ensure_future(lane.answer(head, raw))
+            lane.answering = asyncio.ensure_future(lane.answer(head, plain, raw, started))
         else:
-            self.waiting.append((lane, head, raw))
+            self.waiting.append((lane, head, plain, raw, started))
 
     def answer_done(self) -> None:
         self.answers_in_flight -= 1
         while self.waiting:
-            lane, head, raw = self.waiting.popleft()
+            lane, head, plain, raw, started = self.waiting.popleft()
             if lane.transport is not None:
-                self.admit(lane, head, raw)
+                self.admit(lane, head, plain, raw, started)
                 return
 
     @property

@@ -86,6 +86,20 @@ HANDED_OVER_LOOKUP_SECONDS = 0.05
 HANDED_OVER_LOOKUPS_LIMIT = 256
 
 
+@dataclasses.dataclass(slots=True)
+class PlainRequest:
+    """A request the fast lane may answer from a fresh entry: its route, its key, what it is."""
+
+    match: RouteMatch
+    upstream_path: str
+    key: str
+    accept_gzip: bool
+    method: str
+    query_string: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
 class CacheProxy:
     """Serves routed requests from the store, or from the upstream through shared flights."""
 
@@ -238,16 +252,16 @@ class CacheProxy:
         record.client = f"credential:{fingerprint[:16]}" if fingerprint else f"ip:{request.remote}"
         return request.headers, fingerprint
 
-    async def plain_hit(
+    def plain_request(
         self, method: str, raw_path: str, query_string: str, headers: Mapping[str, str], body: bytes
-    ) -> tuple[Route, str, Entry] | None:
-        """A fresh entry for a request with nothing to check but its key: what the fast lane serves.
+    ) -> PlainRequest | None:
+        """The key of a request with nothing to check but its key: what the fast lane may serve.
 
         The caller (proxy/fastlane.py) has already left out requests whose headers ask for more
         (CORS, Cache-Control, Pragma, X-Cache-TTL, X-Cache-Debug, ...). None - go the full way
         through `handle` - when the route does not cache, when access keys or rate limits apply,
-        for an embeddings route (batches), and when no fresh entry is found. `headers` has
-        lower-case names. Returns the route, the key and the entry."""
+        and for an embeddings route (batches). `headers` has lower-case names. Raises
+        `ClientRequestError` where `handle` would answer with an error."""
         match = self.routes.match(method, raw_path)
         if match is None or method not in PLAIN_HIT_METHODS:
             return None
@@ -271,20 +285,42 @@ class CacheProxy:
         )
         key = build_key(route, match.template, match.params, request_key, prefix=self.settings.key_prefix)
         accept_gzip = accepts_gzip(headers.get("accept-encoding"))
-        entry = await self.lookup(key, accept_gzip=accept_gzip)
-        now = self.clock()
-        if entry is None or not entry.is_fresh(now):
+        return PlainRequest(match, upstream_path, key, accept_gzip, method, query_string, headers, body)
+
+    def fresh_now(self, plain: PlainRequest) -> Entry | None:
+        """A fresh entry this process holds (first tier, embedded store), found without waiting;
+        None: ask `fresh_entry`."""
+        raw = self.store.get_local(plain.key)
+        entry = self._decode(plain.key, raw, accept_gzip=plain.accept_gzip) if raw is not None else None
+        return self._fresh_plain(plain, entry) if entry is not None else None
+
+    async def fresh_entry(self, plain: PlainRequest) -> Entry | None:
+        """The fresh entry for a plain request, or None when `handle` must answer it."""
+        entry = await self.lookup(plain.key, accept_gzip=plain.accept_gzip)
+        fresh = self._fresh_plain(plain, entry) if entry is not None else None
+        if fresh is None:
             # `handle` answers it next: it finds this lookup instead of repeating it.
             if len(self._handed_over) >= HANDED_OVER_LOOKUPS_LIMIT:
                 self._handed_over.clear()
-            self._handed_over[(key, accept_gzip)] = (time.monotonic(), entry)
+            self._handed_over[(plain.key, plain.accept_gzip)] = (time.monotonic(), entry)
+        return fresh
+
+    def _fresh_plain(self, plain: PlainRequest, entry: Entry) -> Entry | None:
+        now = self.clock()
+        if not entry.is_fresh(now):
             return None
         if self.settings.refresh_ahead:
             upstream_request = functools.partial(
-                self._upstream_request, method, query_string, match, upstream_path, body, headers
+                self._upstream_request,
+                plain.method,
+                plain.query_string,
+                plain.match,
+                plain.upstream_path,
+                plain.body,
+                plain.headers,
             )
-            self._refresh_ahead(match, upstream_request, key, None, entry, now)
-        return route, key, entry
+            self._refresh_ahead(plain.match, upstream_request, plain.key, None, entry, now)
+        return entry
 
     async def _check_hit_limit(self, record: RequestLog) -> None:
         if not self.limiter.enabled or record.client is None:

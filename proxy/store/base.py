@@ -50,6 +50,11 @@ class Store(abc.ABC):
     async def get(self, key: str) -> bytes | None:
         """The stored value, or None when absent or expired."""
 
+    def get_local(self, key: str) -> bytes | None:
+        """The value when this process holds it (a first tier, the embedded store), found without
+        waiting for anything; None means ask `get`. A miss here is not counted as one."""
+        return None
+
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         """Several values at once, in order (one round trip where the store allows)."""
         return [await self.get(key) for key in keys]

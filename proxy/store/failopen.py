@@ -54,6 +54,9 @@ class FailOpenStore(Store):
     def breaker_open(self) -> bool:
         return self._clock() < self._open_until
 
+    def get_local(self, key: str) -> bytes | None:
+        return self.inner.get_local(key)  # no I/O, so nothing for the breaker to guard
+
     async def get(self, key: str) -> bytes | None:
         return await self._guarded(self.inner.get(key), None)
 

@@ -44,6 +44,9 @@ class MemoryStore(Store):
         return len(self._items)
 
     async def get(self, key: str) -> bytes | None:
+        return self.get_local(key)
+
+    def get_local(self, key: str) -> bytes | None:
         item = self._items.get(key)
         if item is None:
             return None

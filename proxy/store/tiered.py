@@ -50,6 +50,9 @@ class TieredStore(Store):
     def errors(self) -> int:
         return int(getattr(self.second, "errors", 0))
 
+    def get_local(self, key: str) -> bytes | None:
+        return self.first.get(key, record_miss=False)
+
     async def get(self, key: str) -> bytes | None:
         value = self.first.get(key)
         if value is not None:

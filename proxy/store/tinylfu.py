@@ -134,18 +134,23 @@ class TinyLfuCache:
     def __len__(self) -> int:
         return len(self._window.items) + len(self._probation.items) + len(self._protected.items)
 
-    def get(self, key: str) -> bytes | None:
-        self._sketch.increment(key)
+    def get(self, key: str, *, record_miss: bool = True) -> bytes | None:
+        """The value, counted as an access; `record_miss=False` leaves a miss unrecorded (for a
+        caller that asks again, recording it, when this finds nothing)."""
         segment = self._segment_of(key)
-        if segment is None:
-            self.misses += 1
-            return None
-        item = segment.items[key]
-        if item.expires_at <= self._clock():
+        item = None if segment is None else segment.items[key]
+        if item is not None and item.expires_at <= self._clock():
+            assert segment is not None
             segment.pop(key)
-            self.misses += 1
+            item = None
+        if item is None:
+            if record_miss:
+                self._sketch.increment(key)
+                self.misses += 1
             return None
+        self._sketch.increment(key)
         self.hits += 1
+        assert segment is not None
         if segment is self._probation:
             self._probation.pop(key)
             self._protected.add(key, item)

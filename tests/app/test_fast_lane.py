@@ -283,3 +283,16 @@ async def test_a_long_pipeline_is_answered_whole_and_in_order(make_proxy: ProxyC
     assert [answer.headers["x-request-id"] for answer in answers] == [f"r{index}" for index in range(300)]
     assert all(prompt.encode() in answer.body for prompt, answer in zip(prompts, answers, strict=True))
     assert [answer.headers["x-cache"] for answer in answers].count("MISS") == 7
+
+
+async def test_stopping_closes_the_lanes_idle_connections(
+    proxy: TestClient[web.Request, web.Application], connect
+) -> None:  # type: ignore[no-untyped-def]
+    await (await proxy.post(CHAT, json=chat_body())).read()
+    connection = await connect(proxy)
+    await connection.send(post(CHAT, chat()))
+    assert (await connection.response()).headers["x-cache"] == "HIT"
+
+    await proxy.server.close()
+
+    assert await connection.closed_by_server(within=5)
