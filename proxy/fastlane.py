@@ -59,6 +59,7 @@ SWEEP_EVERY: Final = 5.0
 # 128 lookups per pipelined Redis write already keep Redis and the loop busy.
 MAX_ANSWERS_IN_FLIGHT: Final = 128
 STOP_WAIT: Final = 5.0  # at most this long for the lane's answers in progress at shutdown (they take ms)
+WRITE_BATCH_BYTES: Final = 64 * 1024  # answers held for one write turn (`FastLaneSite.write_soon`)
 # Headers that ask for more than a plain hit: the request goes aiohttp's way.
 NOT_PLAIN_HEADERS: Final = frozenset(
     {"origin", "cache-control", "pragma", X_CACHE_TTL.lower(), X_CACHE_DEBUG.lower(), "access-control-request-method"}
@@ -371,7 +372,7 @@ class FastLaneSite(web.BaseSite):
 
     __slots__ = (
         "_host", "_port", "_reuse_port", "_sock", "_sweeper", "aiohttp_server", "answers_in_flight", "hits", "lanes",
-        "unwritten", "waiting",
+        "unwritten", "unwritten_bytes", "waiting",
     )  # fmt: skip
 
     def __init__(
@@ -395,6 +396,7 @@ class FastLaneSite(web.BaseSite):
         self.lanes: set[FastLane] = set()
         self.answers_in_flight = 0
         self.unwritten: list[tuple[asyncio.Transport, bytes]] = []
+        self.unwritten_bytes = 0
         self.waiting: deque[tuple[FastLane, RequestHead, PlainRequest, bytes, float]] = deque()
         self.hits = hits
         self._sweeper: asyncio.Task[None] | None = None
@@ -406,10 +408,14 @@ class FastLaneSite(web.BaseSite):
         if not self.unwritten:
             asyncio.get_running_loop().call_soon(self.write_answers)
         self.unwritten.append((transport, response))
+        self.unwritten_bytes += len(response)
+        if self.unwritten_bytes > WRITE_BATCH_BYTES:  # large answers are not held: memory
+            self.write_answers()
 
     def write_answers(self) -> None:
         """Write the answers `write_soon` holds (also before the lane closes a connection)."""
         unwritten, self.unwritten = self.unwritten, []
+        self.unwritten_bytes = 0
         for transport, response in unwritten:
             if not transport.is_closing():
                 transport.write(response)
