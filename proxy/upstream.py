@@ -44,7 +44,10 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(
         total=None, connect=settings.upstream_connect_timeout, sock_read=settings.upstream_read_timeout
     )
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
+    # No cookie jar: a cookie one client's answer sets must never ride on another client's request.
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
 def upstream_headers(incoming: Mapping[str, str], upstream: Upstream) -> CIMultiDict[str]:

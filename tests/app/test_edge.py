@@ -7,7 +7,8 @@ import asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ProxyClientFactory, chat_body
+from proxy.app import create_app
+from tests.conftest import ProxyClientFactory, chat_body, serve_app, settings_for
 from tests.fake_upstream import FakeUpstream
 
 
@@ -142,3 +143,18 @@ async def test_malformed_and_oversized_headers_are_rejected_not_crashed(
     status, _ = await raw_request(proxy, split)
     assert status == 400
     assert fake.total_calls == 0
+
+
+async def test_an_upstream_cookie_never_reaches_another_clients_request(
+    upstream_url: str, aiohttp_client, fake: FakeUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    # By host name, as real upstreams are addressed (a client cookie jar ignores IP addresses).
+    named = upstream_url.replace("127.0.0.1", "localhost")
+    app = create_app(settings_for(named))
+    proxy = await aiohttp_client(serve_app(app))
+    first = await proxy.post("/v1/chat/completions", json=chat_body("one"), headers={"x-fake-set-cookie": "1"})
+    assert first.headers["Set-Cookie"].startswith("session=abc")  # passed on to the client that got it
+
+    await (await proxy.post("/v1/chat/completions", json=chat_body("two"))).read()
+
+    assert [request.headers.get("Cookie") for request in fake.seen] == [None, None]
