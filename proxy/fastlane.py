@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import hashlib
 import logging
 import socket
@@ -131,6 +132,11 @@ class HitWriter:
         entry = await self.proxy.fresh_entry(plain)
         return None if entry is None else self._respond(head, plain, entry, started)
 
+    def answer_from(self, head: RequestHead, plain: PlainRequest, raw: bytes | None, started: float) -> bytes | None:
+        """The response from what `proxy.lookup_soon` found, or None when aiohttp's path must answer."""
+        entry = self.proxy.fresh_from(plain, raw)
+        return None if entry is None else self._respond(head, plain, entry, started)
+
     def _respond(self, head: RequestHead, plain: PlainRequest, entry: Entry, started: float) -> bytes:
         """The whole response, counted and logged as aiohttp's path does it."""
         self.stats.fast_lane_hits += 1
@@ -198,7 +204,7 @@ class FastLane(asyncio.BufferedProtocol):
         self.stopping = False
         self.writing_paused = False
         self.reading_paused = False  # by the lane itself, for a backlog of pipelined requests
-        self.answering: asyncio.Task[None] | None = None
+        self.answering: asyncio.Future[Any] | None = None  # the lookup (or its task) under way
         self.last_active = time.monotonic()
 
     # asyncio.Protocol
@@ -293,6 +299,7 @@ class FastLane(asyncio.BufferedProtocol):
             transport.close()
 
     async def answer(self, head: RequestHead, plain: PlainRequest, raw: bytes, started: float) -> None:
+        """Look the request up in the store (a coroutine: stores without `get_soon`)."""
         try:
             response = await self.site.hits.answer(head, plain, started)
         except Exception:
@@ -300,13 +307,30 @@ class FastLane(asyncio.BufferedProtocol):
             response = None
         finally:
             self.site.answer_done()
+        self._deliver(response, raw)
+
+    def looked_up(
+        self, head: RequestHead, plain: PlainRequest, raw: bytes, started: float, found: asyncio.Future[bytes | None]
+    ) -> None:
+        """The store's lookup (`lookup_soon`) is done: answer, or lend the request to aiohttp,
+        whose own lookup reports a failed one."""
+        self.site.answer_done()
+        response = None
+        if not found.cancelled() and found.exception() is None:
+            try:
+                response = self.site.hits.answer_from(head, plain, found.result(), started)
+            except Exception:
+                log.exception("the fast lane failed on a request; aiohttp's path answers it")
+        self._deliver(response, raw)
+
+    def _deliver(self, response: bytes | None, raw: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         if response is None:
             self._lend(raw)
             return
-        transport.write(response)
+        self.site.write_soon(transport, response)
         self._answered()
 
     def _finish_answer(self) -> None:
@@ -422,11 +446,16 @@ class FastLaneSite(web.BaseSite):
 
     def admit(self, lane: FastLane, head: RequestHead, plain: PlainRequest, raw: bytes, started: float) -> None:
         """Start looking up a plain request now, or once fewer than `MAX_ANSWERS_IN_FLIGHT` are."""
-        if self.answers_in_flight < MAX_ANSWERS_IN_FLIGHT:
-            self.answers_in_flight += 1
-            lane.answering = asyncio.ensure_future(lane.answer(head, plain, raw, started))
-        else:
+        if self.answers_in_flight >= MAX_ANSWERS_IN_FLIGHT:
             self.waiting.append((lane, head, plain, raw, started))
+            return
+        self.answers_in_flight += 1
+        found = self.hits.proxy.lookup_soon(plain)
+        if found is None:
+            lane.answering = asyncio.ensure_future(lane.answer(head, plain, raw, started))
+        else:  # no task: the lookup's future calls the lane back
+            lane.answering = found
+            found.add_done_callback(functools.partial(lane.looked_up, head, plain, raw, started))
 
     def answer_done(self) -> None:
         self.answers_in_flight -= 1
@@ -474,6 +503,7 @@ class FastLaneSite(web.BaseSite):
             if not answering:
                 break
             await asyncio.wait(answering, timeout=deadline - time.monotonic())
+            await asyncio.sleep(0)  # the callbacks of lookups that just finished write their answers
 
 
 def fast_lane_site(runner: web.AppRunner, **options: Any) -> FastLaneSite:

@@ -294,12 +294,21 @@ class CacheProxy:
         entry = self._decode(plain.key, raw, accept_gzip=plain.accept_gzip) if raw is not None else None
         return self._fresh_plain(plain, entry) if entry is not None else None
 
+    def lookup_soon(self, plain: PlainRequest) -> asyncio.Future[bytes | None] | None:
+        """The store's lookup as a future, when it can start one without a coroutine (then
+        `fresh_from` judges what it found); None: use `fresh_entry`."""
+        return self.store.get_soon(plain.key)
+
     async def fresh_entry(self, plain: PlainRequest) -> Entry | None:
         """The fresh entry for a plain request, or None when `handle` must answer it."""
-        entry = await self.lookup(plain.key, accept_gzip=plain.accept_gzip)
+        return self.fresh_from(plain, await self.store.get(plain.key))
+
+    def fresh_from(self, plain: PlainRequest, raw: bytes | None) -> Entry | None:
+        """The fresh entry in what the store returned for a plain request, or None when `handle`
+        must answer it (which then reuses this lookup instead of repeating it)."""
+        entry = self._decode(plain.key, raw, accept_gzip=plain.accept_gzip)
         fresh = self._fresh_plain(plain, entry) if entry is not None else None
         if fresh is None:
-            # `handle` answers it next: it finds this lookup instead of repeating it.
             if len(self._handed_over) >= HANDED_OVER_LOOKUPS_LIMIT:
                 self._handed_over.clear()
             self._handed_over[(plain.key, plain.accept_gzip)] = (time.monotonic(), entry)

@@ -112,9 +112,15 @@ class AutoPipeline:
         self._watchdog: asyncio.TimerHandle | None = None
 
     async def get(self, key: str) -> bytes | None:
-        encoded = key.encode()
-        reply = await self._send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded), encoded))
+        reply = await self._send(_get_command(key))
         return reply if reply is None or isinstance(reply, bytes) else None
+
+    def get_soon(self, key: str) -> asyncio.Future[Any] | None:
+        """The reply of a GET as a future, queued at once; None while not connected (`get`
+        connects). The reply is bytes or None; a failure is a `ConnectionError`."""
+        if self._transport is None or self._transport.is_closing():
+            return None
+        return self._queue(_get_command(key))
 
     async def execute(self, *parts: bytes | str | int) -> Any:
         """Any command; its reply as hiredis gives it (bytes, int, list, None). A Redis error
@@ -124,6 +130,11 @@ class AutoPipeline:
     async def _send(self, command: bytes) -> Any:
         if self._transport is None:
             await self._connect()
+        # A caller that stops waiting cancels its waiter, which stays in `inflight`: its reply is
+        # still read in its turn and dropped (`data_received` skips waiters that are done).
+        return await self._queue(command)
+
+    def _queue(self, command: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
         self._batch.append(command)
@@ -131,9 +142,7 @@ class AutoPipeline:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        # A caller that stops waiting cancels its waiter, which stays in `inflight`: its reply is
-        # still read in its turn and dropped (`data_received` skips waiters that are done).
-        return await waiter
+        return waiter
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -228,3 +237,8 @@ class AutoPipeline:
 
     def close(self) -> None:
         self.fail(ConnectionError("closed"))
+
+
+def _get_command(key: str) -> bytes:
+    encoded = key.encode()
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded), encoded)

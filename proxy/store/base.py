@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,13 @@ class Store(abc.ABC):
     def get_local(self, key: str) -> bytes | None:
         """The value when this process holds it (a first tier, the embedded store), found without
         waiting for anything; None means ask `get`. A miss here is not counted as one."""
+        return None
+
+    def get_soon(self, key: str) -> asyncio.Future[bytes | None] | None:
+        """The lookup as a future when the store can start it without a coroutine (an
+        auto-pipelined Redis GET), for the fast lane; None means use `get`. The future fails
+        with whatever the connection raised: a caller treats any failure as a miss and asks
+        `get` again, which reports it."""
         return None
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:

@@ -11,6 +11,7 @@ their errors reach the caller.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -56,6 +57,24 @@ class FailOpenStore(Store):
 
     def get_local(self, key: str) -> bytes | None:
         return self.inner.get_local(key)  # no I/O, so nothing for the breaker to guard
+
+    def get_soon(self, key: str) -> asyncio.Future[bytes | None] | None:
+        if self.breaker_open:
+            return None
+        future = self.inner.get_soon(key)
+        if future is not None:
+            future.add_done_callback(self._account)
+        return future
+
+    def _account(self, future: asyncio.Future[bytes | None]) -> None:
+        """The breaker learns from lookups made through `get_soon` too."""
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            self._succeeded()
+        else:
+            self._failed(StoreError(str(error) or type(error).__name__))
 
     async def get(self, key: str) -> bytes | None:
         return await self._guarded(self.inner.get(key), None)

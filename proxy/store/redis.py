@@ -54,6 +54,11 @@ class RedisStore(Store):
         fast = AutoPipeline(Endpoint.from_url(url), timeout=timeout) if scheme in ("redis", "rediss", "unix") else None
         return cls(redis_client(url, timeout=timeout, max_connections=max_connections), lane=fast)
 
+    def get_soon(self, key: str) -> asyncio.Future[bytes | None] | None:
+        if self.lane is None or self.closed:
+            return None
+        return self.lane.get_soon(key)
+
     async def get(self, key: str) -> bytes | None:
         if self.lane is not None:
             return await self._call(self.lane.get(key))

@@ -10,6 +10,8 @@ announced on a Redis channel (`invalidation.py`) and applied here by `invalidate
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -52,6 +54,20 @@ class TieredStore(Store):
 
     def get_local(self, key: str) -> bytes | None:
         return self.first.get(key, record_miss=False)
+
+    def get_soon(self, key: str) -> asyncio.Future[bytes | None] | None:
+        """After `get_local` found nothing: the shared store's lookup (the first tier's miss counted)."""
+        future = self.second.get_soon(key)
+        if future is not None:
+            self.first.record_miss(key)
+            future.add_done_callback(functools.partial(self._remember_found, key))
+        return future
+
+    def _remember_found(self, key: str, future: asyncio.Future[bytes | None]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            value = future.result()
+            if value is not None:
+                self._remember(key, value)
 
     async def get(self, key: str) -> bytes | None:
         value = self.first.get(key)

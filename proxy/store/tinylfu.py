@@ -161,6 +161,11 @@ class TinyLfuCache:
             segment.items.move_to_end(key)
         return item.value
 
+    def record_miss(self, key: str) -> None:
+        """A miss found by `get(key, record_miss=False)`, counted once the caller looks further."""
+        self._sketch.increment(key)
+        self.misses += 1
+
     def put(self, key: str, value: bytes, ttl: float) -> None:
         self.delete(key)
         size = len(key) + len(value) + ENTRY_OVERHEAD_BYTES

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 import redis.asyncio as redis
 
+from proxy.entry import Entry, encode_entry
 from proxy.errors import StoreError
 from proxy.store.autopipeline import AutoPipeline, Endpoint
+from proxy.store.failopen import FailOpenStore
 from proxy.store.redis import RedisStore
+from proxy.store.tiered import TieredStore
+from proxy.store.tinylfu import TinyLfuCache
 from tests.conftest import REDIS_TEST_URL
 
 pytestmark = pytest.mark.redis
@@ -58,3 +63,35 @@ async def test_a_hung_server_fails_the_lane_within_the_timeout_and_it_recovers()
         assert await working.get("surely-absent-key-0f3c") is None
     finally:
         await working.close()
+
+
+async def test_lookups_started_without_a_coroutine_feed_the_first_tier_and_the_breaker(
+    real_redis: redis.Redis, key_prefix: str
+) -> None:
+    key = f"{key_prefix}soon"
+    stored = encode_entry(Entry(200, (), b"answer", time.time(), 60))
+    await real_redis.set(key, stored, ex=60)
+    shared = FailOpenStore(RedisStore.from_url(REDIS_TEST_URL, timeout=0.5, max_connections=2))
+    store = TieredStore(TinyLfuCache(1024 * 1024), shared, max_ttl=30)
+    try:
+        assert store.get_soon(key) is None  # not connected yet: the coroutine path connects
+        assert await store.get(f"{key_prefix}absent") is None
+        found = store.get_soon(key)
+        assert found is not None
+        assert await found == stored
+        await asyncio.sleep(0)  # its callbacks run
+        assert store.get_local(key) == stored  # now in the first tier
+        assert store.tier1_figures()["misses"] == 2  # the first tier's misses were counted
+
+        failing = store.get_soon(f"{key_prefix}other")
+        assert failing is not None
+        lane = shared.inner.lane  # type: ignore[attr-defined]
+        lane.close()  # its connection drops with the lookup in flight
+        with pytest.raises(ConnectionError):
+            await failing
+        await asyncio.sleep(0)
+        assert not shared.available  # the breaker learnt of it
+        assert await store.get(f"{key_prefix}other") is None  # and the coroutine path recovers
+        assert shared.available
+    finally:
+        await store.close()
