@@ -11,6 +11,7 @@ This is the scheme of Caffeine (Einarsson, Manes, Friedman: "TinyLFU", 2017), si
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,6 +27,7 @@ _MASK64 = (1 << 64) - 1
 _SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
 
 
+@functools.lru_cache(maxsize=4096)  # hot keys are hashed on every access
 def _stable_hash(key: str) -> int:
     """64 bits from the key alone: Python's `hash()` of a str changes with every process
     (PYTHONHASHSEED), which would make admission decisions differ from run to run."""
@@ -55,15 +57,22 @@ class CountMinSketch:
         return [(bit >> 3, 1 << (bit & 7)) for bit in (base % bits, (base >> 32) % bits)]
 
     def increment(self, key: str) -> None:
+        # `_door_bits` and `_slots` written out: this runs on every first-tier access.
         key_hash = _stable_hash(key)
-        bits = self._door_bits(key_hash)
-        if not all(self._door[byte] & mask for byte, mask in bits):
-            for byte, mask in bits:
-                self._door[byte] |= mask
-        else:
-            for row, slot in zip(self._rows, self._slots(key_hash), strict=True):
+        base = (key_hash * 0x9E3779B97F4A7C15) & _MASK64
+        bits = self.width * 8
+        first, second = base % bits, (base >> 32) % bits
+        door = self._door
+        byte1, mask1, byte2, mask2 = first >> 3, 1 << (first & 7), second >> 3, 1 << (second & 7)
+        if door[byte1] & mask1 and door[byte2] & mask2:
+            width_mask = self._mask
+            for row, seed in zip(self._rows, _SEEDS, strict=True):
+                slot = ((key_hash ^ seed) * 0xFF51AFD7ED558CCD >> 17) & width_mask
                 if row[slot] < 15:
                     row[slot] += 1
+        else:
+            door[byte1] |= mask1
+            door[byte2] |= mask2
         self._additions += 1
         if self._additions >= self._sample:
             self._age()
