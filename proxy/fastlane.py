@@ -4,8 +4,9 @@ aiohttp's request machinery (parser, request and response objects, the handler t
 about 60 us per request on the machines we measure on, more than the whole cache hit (a
 pipelined Redis GET). So each accepted connection is owned by a `FastLane` protocol. It frames
 requests itself with a strict reader (proxy/http1.py) and answers a request with a fresh entry
-when there is nothing else to do for it (`CacheProxy.plain_hit`): the same bytes, headers, log
-line and counters as aiohttp's path. Every other request - a miss, a stale entry, an error, an
+when there is nothing else to do for it (`CacheProxy.plain_request`, then the entry from this
+process's memory, `fresh_now`, or from the store's lookup): the same bytes, headers, log line and
+counters as aiohttp's path. Every other request - a miss, a stale entry, an error, an
 operations endpoint, anything with CORS, cache directives, access keys or rate limits - is
 *lent* to an aiohttp `RequestHandler` attached to the same connection: it gets the request's
 exact bytes, answers as it always does, and when its response is written (its access logger,
@@ -55,9 +56,9 @@ from proxy.stats import Stats
 log = structlog.get_logger("proxy.fastlane")
 KEEPALIVE_TIMEOUT: Final = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default)
 SWEEP_EVERY: Final = 5.0
-# Answers looked up at once; more plain hits wait their turn in a queue. Each answer in flight holds
-# a task and its coroutine frames (a few KiB), so the cap bounds memory at 1000 connections, and
-# 128 lookups per pipelined Redis write already keep Redis and the loop busy.
+# Lookups in flight at once; more plain requests wait their turn in a queue. Each holds its request
+# and a future (or, for stores without `get_soon`, a task and its coroutine frames, a few KiB), so
+# the cap bounds memory at 1000 connections; 128 GETs per pipelined Redis write keep Redis busy.
 MAX_ANSWERS_IN_FLIGHT: Final = 128
 STOP_WAIT: Final = 5.0  # at most this long for the lane's answers in progress at shutdown (they take ms)
 WRITE_BATCH_BYTES: Final = 64 * 1024  # answers held for one write turn (`FastLaneSite.write_soon`)
