@@ -25,6 +25,7 @@ from proxy.access import ACCESS_KEY_HEADER, AccessPolicy
 from proxy.admin_auth import is_loopback
 from proxy.bodies import read_up_to
 from proxy.cache_key import (
+    KeyInput,
     build_key,
     content_type_of,
     credential_fingerprint,
@@ -175,16 +176,9 @@ class CacheProxy:
                 return await self._embeddings_batch(
                     request, match, upstream_request(), batch, ttl or route.ttl, directives, client_headers, credential
                 )
-        request_key = key_input(
-            route=route,
-            method=request.method,
-            upstream_path=upstream_path,
-            query_string=request.rel_url.raw_query_string,
-            body=body,
-            headers=client_headers,
-            credential=credential,
+        request_key, key = self._key_of(
+            match, request.method, upstream_path, request.rel_url.raw_query_string, body, client_headers, credential
         )
-        key = build_key(route, match.template, match.params, request_key, prefix=self.settings.key_prefix)
         record.key_digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         record.key = key
         if X_CACHE_DEBUG in request.headers:
@@ -274,18 +268,35 @@ class CacheProxy:
         ):
             return None
         upstream_path = route.upstream_path_for(raw_path, match.params)
+        _, key = self._key_of(
+            match, method, upstream_path, query_string, body, headers, credential_fingerprint(headers)
+        )
+        accept_gzip = accepts_gzip(headers.get("accept-encoding"))
+        return PlainRequest(match, upstream_path, key, accept_gzip, method, query_string, headers, body)
+
+    def _key_of(
+        self,
+        match: RouteMatch,
+        method: str,
+        upstream_path: str,
+        query_string: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        credential: str | None,
+    ) -> tuple[KeyInput, str]:
+        """What the key is computed from, and the key (`credential` from `key_credential`)."""
         request_key = key_input(
-            route=route,
+            route=match.route,
             method=method,
             upstream_path=upstream_path,
             query_string=query_string,
             body=body,
             headers=headers,
-            credential=credential_fingerprint(headers),
+            credential=credential,
         )
-        key = build_key(route, match.template, match.params, request_key, prefix=self.settings.key_prefix)
-        accept_gzip = accepts_gzip(headers.get("accept-encoding"))
-        return PlainRequest(match, upstream_path, key, accept_gzip, method, query_string, headers, body)
+        return request_key, build_key(
+            match.route, match.template, match.params, request_key, prefix=self.settings.key_prefix
+        )
 
     def fresh_now(self, plain: PlainRequest) -> Entry | None:
         """A fresh entry this process holds (first tier, embedded store), found without waiting;
@@ -433,21 +444,15 @@ class CacheProxy:
         record = request_log(request)
         route = match.route
         keys = [
-            build_key(
-                route,
-                match.template,
-                match.params,
-                key_input(
-                    route=route,
-                    method=request.method,
-                    upstream_path=upstream_request.path,
-                    query_string=upstream_request.query_string,
-                    body=batch.single_body(item),
-                    headers=client_headers,
-                    credential=credential,
-                ),
-                prefix=self.settings.key_prefix,
-            )
+            self._key_of(
+                match,
+                request.method,
+                upstream_request.path,
+                upstream_request.query_string,
+                batch.single_body(item),
+                client_headers,
+                credential,
+            )[1]
             for item in batch.inputs
         ]
         now = self.clock()
