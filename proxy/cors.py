@@ -66,6 +66,14 @@ class CorsPolicy:
         headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
         return headers
 
+    def add_response_headers(self, headers: CIMultiDict[str], origin: str) -> None:
+        """Add an allowed origin's headers to an answer's: `Vary` keeps what the answer
+        already varies on (`Accept-Encoding, Origin`)."""
+        vary = headers.get("Vary")
+        headers.update(self.response_headers(origin))
+        if vary and "origin" not in vary.lower():
+            headers["Vary"] = f"{vary}, Origin"
+
     def response_headers(self, origin: str) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
         headers["Access-Control-Allow-Origin"] = origin

@@ -7,7 +7,8 @@ requests itself with a strict reader (proxy/http1.py) and answers a request with
 when there is nothing else to do for it (`CacheProxy.plain_request`, then the entry from this
 process's memory, `fresh_now`, or from the store's lookup): the same bytes, headers, log line and
 counters as aiohttp's path. Every other request - a miss, a stale entry, an error, an
-operations endpoint, anything with CORS, cache directives, access keys or rate limits - is
+operations endpoint, a preflight or a disallowed origin, cache directives, access keys or rate
+limits - is
 *lent* to an aiohttp `RequestHandler` attached to the same connection: it gets the request's
 exact bytes, answers as it always does, and when its response is written (its access logger,
 `LaneReturn`, is told so) the connection comes back to the lane for the next request. Requests
@@ -41,9 +42,11 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.constants import HIT, X_CACHE_DEBUG, X_CACHE_TTL
+from proxy.cors import CorsPolicy
 from proxy.entry import Entry
 from proxy.errors import ClientRequestError
 from proxy.http1 import INCOMPLETE, MAX_HEAD_BYTES, UNFRAMED, RequestHead, read_head
@@ -64,7 +67,7 @@ STOP_WAIT: Final = 5.0  # at most this long for the lane's answers in progress a
 WRITE_BATCH_BYTES: Final = 64 * 1024  # answers held for one write turn (`FastLaneSite.write_soon`)
 # Headers that ask for more than a plain hit: the request goes aiohttp's way.
 NOT_PLAIN_HEADERS: Final = frozenset(
-    {"origin", "cache-control", "pragma", X_CACHE_TTL.lower(), X_CACHE_DEBUG.lower(), "access-control-request-method"}
+    {"cache-control", "pragma", X_CACHE_TTL.lower(), X_CACHE_DEBUG.lower(), "access-control-request-method"}
 )
 _REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
 
@@ -97,9 +100,10 @@ def runner_options() -> dict[str, Any]:
 class HitWriter:
     """Answers plain hits for the lanes of one app: the proxy's lookup, then the response bytes."""
 
-    def __init__(self, proxy: CacheProxy, stats: Stats, *, access_log: bool) -> None:
+    def __init__(self, proxy: CacheProxy, stats: Stats, cors: CorsPolicy, *, access_log: bool) -> None:
         self.proxy = proxy
         self.stats = stats
+        self.cors = cors
         self.access_log = access_log
         self.max_request_bytes = proxy.settings.max_request_bytes
         self._date_second = -1
@@ -116,7 +120,7 @@ class HitWriter:
 
     def prepare(self, head: RequestHead, body: bytes) -> PlainRequest | None:
         """The request's key when the lane may answer it; None when aiohttp's path must."""
-        if not self.is_plain(head):
+        if not self.is_plain(head) or not self._origin(head.headers)[0]:
             return None
         try:
             return self.proxy.plain_request(head.method, head.raw_path, head.query_string, head.headers, body)
@@ -144,6 +148,11 @@ class HitWriter:
         route = plain.match.route
         request_id = request_id_for(head.headers.get("x-request-id"))
         headers = hit_headers(entry, namespace=route.name, now=self.proxy.clock(), request_id=request_id)
+        origin = self._origin(head.headers)[1]
+        if origin is not None:  # as the edge's `on_response_prepare` hook adds them
+            with_cors = CIMultiDict(headers)
+            self.cors.add_response_headers(with_cors, origin)
+            headers = list(with_cors.items())
         response = self._render(entry, headers)
         record = RequestLog(
             request_id,
@@ -164,6 +173,21 @@ class HitWriter:
             elapsed=time.perf_counter() - started,
         )
         return response
+
+    def _origin(self, headers: dict[str, str]) -> tuple[bool, str | None]:
+        """Whether the lane may answer a request with these headers as far as CORS goes, and
+        the allowed cross origin its answer names (None: not a cross-origin request). A
+        disallowed origin, or an `Origin` without a `Host` to compare it with, is aiohttp's to
+        answer (the edge refuses it with a 403)."""
+        origin = headers.get("origin")
+        if origin is None:
+            return True, None
+        host = headers.get("host")
+        if host is None:
+            return False, None
+        if origin == f"http://{host}":
+            return True, None  # same origin: not a CORS request
+        return (True, origin) if self.cors.allows(origin) else (False, None)
 
     def _render(self, entry: Entry, headers: list[tuple[str, str]]) -> bytes:
         """The response as aiohttp writes a `web.Response`: status line, headers, the length,
@@ -510,4 +534,6 @@ class FastLaneSite(web.BaseSite):
 def fast_lane_site(runner: web.AppRunner, **options: Any) -> FastLaneSite:
     """A `FastLaneSite` for a runner that is set up (its app's proxy exists once it has started)."""
     app = runner.app
-    return FastLaneSite(runner, HitWriter(app[PROXY], app[STATS], access_log=app[SETTINGS].access_log), **options)
+    settings = app[SETTINGS]
+    cors = CorsPolicy.from_origins(settings.cors_origins)
+    return FastLaneSite(runner, HitWriter(app[PROXY], app[STATS], cors, access_log=settings.access_log), **options)

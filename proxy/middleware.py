@@ -237,6 +237,6 @@ def cors_headers_hook(policy: CorsPolicy) -> Callable[[web.Request, web.StreamRe
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.get(CORS_ORIGIN_KEY)
         if origin is not None:
-            response.headers.update(policy.response_headers(origin))
+            policy.add_response_headers(response.headers, origin)
 
     return add_headers

@@ -296,3 +296,41 @@ async def test_stopping_closes_the_lanes_idle_connections(
     await proxy.server.close()
 
     assert await connection.closed_by_server(within=5)
+
+
+async def test_browser_hits_from_an_allowed_origin_are_the_lanes_with_the_same_cors_headers(
+    make_proxy: ProxyClientFactory, fake: FakeUpstream, connect
+) -> None:  # type: ignore[no-untyped-def]
+    server = fakeredis.FakeServer()
+    origins = {"PROXY_CORS_ORIGINS": "https://app.example"}
+    lane, plain = [
+        await make_proxy(store=FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server))), **origins, **env)
+        for env in ({}, {"PROXY_FAST_LANE": "off"})
+    ]
+    await (await lane.post(CHAT, json=chat_body())).read()
+    answers = []
+    for client in (lane, plain):
+        connection = await connect(client)
+        await connection.send(post(CHAT, chat(), "Origin: https://app.example", "Accept-Encoding: gzip"))
+        answers.append(await connection.response())
+    from_lane, from_aiohttp = answers
+
+    assert from_lane.headers["access-control-allow-origin"] == "https://app.example"
+    assert from_lane.headers["vary"] == "Accept-Encoding, Origin"  # both, not only the last one set
+    assert {k: v for k, v in from_lane.headers.items() if k not in IGNORED_HEADERS} == {
+        k: v for k, v in from_aiohttp.headers.items() if k not in IGNORED_HEADERS
+    }
+    assert lane_hits(lane) == 1
+
+    connection = await connect(lane)
+    await connection.send(post(CHAT, chat(), "Origin: https://elsewhere.example"))
+    refused = await connection.response()
+    await connection.send(post(CHAT, chat(), "Origin: http://proxy.test"))  # its own origin (Host)
+    same_origin = await connection.response()
+
+    assert refused.status == 403  # the edge's refusal, through aiohttp
+    assert "access-control-allow-origin" not in refused.headers
+    assert same_origin.headers["x-cache"] == "HIT"
+    assert "access-control-allow-origin" not in same_origin.headers
+    assert lane_hits(lane) == 2
+    assert fake.calls["/chat/completions"] == 1
