@@ -157,26 +157,36 @@ async def test_pipelined_requests_are_answered_in_order(
     assert fake.calls["/chat/completions"] == 2
 
 
-async def test_a_hit_from_the_lane_is_the_answer_aiohttp_gives(make_proxy: ProxyClientFactory, connect) -> None:  # type: ignore[no-untyped-def]
+async def lane_and_aiohttp(
+    make_proxy: ProxyClientFactory, connect, request: bytes, **env: str
+) -> tuple[list[TestClient[web.Request, web.Application]], list[RawResponse]]:  # type: ignore[no-untyped-def]
+    """Two proxies sharing one store, with and without the lane; the entry stored, then the same
+    request's answer from each."""
     server = fakeredis.FakeServer()
-    lane, plain = [
-        await make_proxy(store=FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server))), **env)
-        for env in ({}, {"PROXY_FAST_LANE": "off"})
+    clients = [
+        await make_proxy(store=FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server))), **env, **lane)
+        for lane in ({}, {"PROXY_FAST_LANE": "off"})
     ]
-    await (await lane.post(CHAT, json=chat_body())).read()
-
+    await (await clients[0].post(CHAT, json=chat_body())).read()
     answers = []
-    for client in (lane, plain):
+    for client in clients:
         connection = await connect(client)
-        await connection.send(post(CHAT, chat(), "Accept-Encoding: gzip", "X-Request-Id: same-id-1"))
+        await connection.send(request)
         answers.append(await connection.response())
+    return clients, answers
 
-    from_lane, from_aiohttp = answers
+
+def comparable(answer: RawResponse) -> dict[str, str]:
+    return {name: value for name, value in answer.headers.items() if name not in IGNORED_HEADERS}
+
+
+async def test_a_hit_from_the_lane_is_the_answer_aiohttp_gives(make_proxy: ProxyClientFactory, connect) -> None:  # type: ignore[no-untyped-def]
+    request = post(CHAT, chat(), "Accept-Encoding: gzip", "X-Request-Id: same-id-1")
+    (lane, plain), (from_lane, from_aiohttp) = await lane_and_aiohttp(make_proxy, connect, request)
+
     assert from_lane.status == from_aiohttp.status == 200
     assert from_lane.body == from_aiohttp.body
-    assert {k: v for k, v in from_lane.headers.items() if k not in IGNORED_HEADERS} == {
-        k: v for k, v in from_aiohttp.headers.items() if k not in IGNORED_HEADERS
-    }
+    assert comparable(from_lane) == comparable(from_aiohttp)
     assert from_lane.headers["x-request-id"] == from_aiohttp.headers["x-request-id"] == "same-id-1"
     assert lane_hits(lane) == 1
     assert lane_hits(plain) == 0
@@ -301,25 +311,14 @@ async def test_stopping_closes_the_lanes_idle_connections(
 async def test_browser_hits_from_an_allowed_origin_are_the_lanes_with_the_same_cors_headers(
     make_proxy: ProxyClientFactory, fake: FakeUpstream, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    server = fakeredis.FakeServer()
-    origins = {"PROXY_CORS_ORIGINS": "https://app.example"}
-    lane, plain = [
-        await make_proxy(store=FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server))), **origins, **env)
-        for env in ({}, {"PROXY_FAST_LANE": "off"})
-    ]
-    await (await lane.post(CHAT, json=chat_body())).read()
-    answers = []
-    for client in (lane, plain):
-        connection = await connect(client)
-        await connection.send(post(CHAT, chat(), "Origin: https://app.example", "Accept-Encoding: gzip"))
-        answers.append(await connection.response())
-    from_lane, from_aiohttp = answers
+    request = post(CHAT, chat(), "Origin: https://app.example", "Accept-Encoding: gzip")
+    (lane, _), (from_lane, from_aiohttp) = await lane_and_aiohttp(
+        make_proxy, connect, request, PROXY_CORS_ORIGINS="https://app.example"
+    )
 
     assert from_lane.headers["access-control-allow-origin"] == "https://app.example"
     assert from_lane.headers["vary"] == "Accept-Encoding, Origin"  # both, not only the last one set
-    assert {k: v for k, v in from_lane.headers.items() if k not in IGNORED_HEADERS} == {
-        k: v for k, v in from_aiohttp.headers.items() if k not in IGNORED_HEADERS
-    }
+    assert comparable(from_lane) == comparable(from_aiohttp)
     assert lane_hits(lane) == 1
 
     connection = await connect(lane)
