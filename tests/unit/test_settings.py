@@ -59,6 +59,7 @@ def test_empty_values_count_as_unset() -> None:
         ({"PROXY_MEMORY_MAX_BYTES": "lots"}, "PROXY_MEMORY_MAX_BYTES", "not a size"),
         ({"PROXY_LOG_FORMAT": "xml"}, "PROXY_LOG_FORMAT", "not one of"),
         ({"PROXY_ACCESS_LOG": "maybe"}, "PROXY_ACCESS_LOG", "not a boolean"),
+        ({"PROXY_FAST_LANE": "sometimes"}, "PROXY_FAST_LANE", "not a boolean"),
         ({"PROXY_KEY_PREFIX": "a*"}, "PROXY_KEY_PREFIX", "glob"),
     ],
 )
