@@ -143,6 +143,7 @@ class RedisCoordinator(Coordinator):
         self._subscription.ensure_running()
         deadline = time.monotonic() + self.wait
         waiter: asyncio.Future[bool] | None = None
+        failed = False
         try:
             while True:
                 entry = await lookup()
@@ -153,8 +154,13 @@ class RedisCoordinator(Coordinator):
                 try:
                     if not await self._bounded(self.client.exists(self.lock_key(key))):
                         return await lookup()  # the leader finished (or died) just now
+                    failed = False
                 except REDIS_FAILURES:
-                    return None
+                    # One failed check is given another poll (a cluster client can fail once while
+                    # it refreshes its slot map); two in a row: Redis is in trouble, go upstream.
+                    if failed:
+                        return None
+                    failed = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     log.info("gave up waiting for another replica's answer", waited_seconds=self.wait)
