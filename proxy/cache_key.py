@@ -114,6 +114,11 @@ def credential_fingerprint(headers: Mapping[str, str]) -> str | None:
     return hashlib.sha256(_frame(f"{name}={value}".encode() for name, value in present)).hexdigest()
 
 
+def key_digest(key: str) -> str:
+    """What the access line shows of a key: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def build_key(route: Route, template: str, params: Mapping[str, str], request: KeyInput, *, prefix: str = "") -> str:
     """The full store key for a request matched by `route` through the path `template`."""
     if route.readable_key:

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import email.utils
 import functools
-import hashlib
 import logging
 import socket
 import time
@@ -45,6 +44,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.cache_key import key_digest
 from proxy.constants import HIT, X_CACHE_DEBUG, X_CACHE_TTL
 from proxy.cors import CorsPolicy
 from proxy.entry import Entry
@@ -158,7 +158,7 @@ class HitWriter:
             request_id,
             route=route.name,
             cache=HIT,
-            key_digest=hashlib.sha256(plain.key.encode()).hexdigest()[:16],
+            key_digest=key_digest(plain.key),
             key=plain.key,
             usage=entry.usage,
         )
@@ -319,9 +319,8 @@ class FastLane(asyncio.BufferedProtocol):
             else:
                 self.site.write_soon(transport, response)
                 self._finish_answer()
-        if self.stopping and not self.busy and transport is not None:
-            self.site.write_answers()
-            transport.close()
+        if self.stopping:
+            self.close_if_idle(time.monotonic())
 
     async def answer(self, head: RequestHead, plain: PlainRequest, raw: bytes, started: float) -> None:
         """Look the request up in the store (a coroutine: stores without `get_soon`)."""

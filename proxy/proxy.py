@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +29,7 @@ from proxy.cache_key import (
     content_type_of,
     credential_fingerprint,
     key_credential,
+    key_digest,
     key_fields,
     key_input,
 )
@@ -179,7 +179,7 @@ class CacheProxy:
         request_key, key = self._key_of(
             match, request.method, upstream_path, request.rel_url.raw_query_string, body, client_headers, credential
         )
-        record.key_digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        record.key_digest = key_digest(key)
         record.key = key
         if X_CACHE_DEBUG in request.headers:
             self._check_debug_allowed(request)
@@ -188,11 +188,8 @@ class CacheProxy:
         stale: Entry | None = None
         if not directives.no_cache:
             accept_gzip = accepts_gzip(request.headers.get("Accept-Encoding"))
-            handed_over = self._handed_over.pop((key, accept_gzip), None)
-            if handed_over is not None and handed_over[0] >= time.monotonic() - HANDED_OVER_LOOKUP_SECONDS:
-                entry = handed_over[1]
-            else:
-                entry = await self.lookup(key, accept_gzip=accept_gzip)
+            handed_over = self._take_handed_over(key, accept_gzip)
+            entry = handed_over[0] if handed_over is not None else await self.lookup(key, accept_gzip=accept_gzip)
             now = self.clock()
             acceptable_age = directives.max_age is None or (entry is not None and entry.age(now) <= directives.max_age)
             if entry is not None and entry.is_fresh(now) and acceptable_age:
@@ -301,8 +298,7 @@ class CacheProxy:
     def fresh_now(self, plain: PlainRequest) -> Entry | None:
         """A fresh entry this process holds (first tier, embedded store), found without waiting;
         None: ask `fresh_entry`."""
-        raw = self.store.get_local(plain.key)
-        entry = self._decode(plain.key, raw, accept_gzip=plain.accept_gzip) if raw is not None else None
+        entry = self._decode(plain.key, self.store.get_local(plain.key), accept_gzip=plain.accept_gzip)
         return self._fresh_plain(plain, entry) if entry is not None else None
 
     def lookup_soon(self, plain: PlainRequest) -> asyncio.Future[bytes | None] | None:
@@ -320,10 +316,21 @@ class CacheProxy:
         entry = self._decode(plain.key, raw, accept_gzip=plain.accept_gzip)
         fresh = self._fresh_plain(plain, entry) if entry is not None else None
         if fresh is None:
-            if len(self._handed_over) >= HANDED_OVER_LOOKUPS_LIMIT:
-                self._handed_over.clear()
-            self._handed_over[(plain.key, plain.accept_gzip)] = (time.monotonic(), entry)
+            self._hand_over(plain.key, plain.accept_gzip, entry)
         return fresh
+
+    def _hand_over(self, key: str, accept_gzip: bool, entry: Entry | None) -> None:
+        """Keep the lane's lookup of a request it lends to `handle`, which takes it from here."""
+        if len(self._handed_over) >= HANDED_OVER_LOOKUPS_LIMIT:
+            self._handed_over.clear()
+        self._handed_over[(key, accept_gzip)] = (time.monotonic(), entry)
+
+    def _take_handed_over(self, key: str, accept_gzip: bool) -> tuple[Entry | None] | None:
+        """The lane's lookup of this request, if it has just made one; None: look it up."""
+        handed_over = self._handed_over.pop((key, accept_gzip), None)
+        if handed_over is None or handed_over[0] < time.monotonic() - HANDED_OVER_LOOKUP_SECONDS:
+            return None
+        return (handed_over[1],)
 
     def _fresh_plain(self, plain: PlainRequest, entry: Entry) -> Entry | None:
         now = self.clock()
