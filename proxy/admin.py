@@ -51,6 +51,7 @@ async def redis_stats(request: web.Request) -> web.Response:
     body = await request.app[STATS_KEEPER].snapshot()
     body["refusals"] = dict(request.app[REFUSALS].counts)
     body["fast_lane_hits"] = request.app[STATS].fast_lane_hits
+    body["fast_lane_misses"] = request.app[STATS].fast_lane_misses
     return web.json_response(body)
 
 

@@ -32,7 +32,6 @@ import logging
 import socket
 import time
 from collections import deque
-from http import HTTPStatus
 from typing import Any, Final
 
 import structlog
@@ -48,11 +47,12 @@ from proxy.cache_key import key_digest
 from proxy.constants import HIT, X_CACHE_DEBUG, X_CACHE_TTL
 from proxy.cors import CorsPolicy
 from proxy.entry import Entry
-from proxy.errors import ClientRequestError
+from proxy.errors import ClientRequestError, UpstreamError
 from proxy.http1 import INCOMPLETE, MAX_HEAD_BYTES, UNFRAMED, RequestHead, read_head
+from proxy.lane_misses import MissFraming, PassedOn, error_response, has_body, status_line
 from proxy.middleware import RequestLog, close_request, request_id_for
-from proxy.proxy import CacheProxy, PlainRequest
-from proxy.responses import hit_headers
+from proxy.proxy import CacheProxy, PlainMiss, PlainRequest
+from proxy.responses import forward_plan, hit_headers
 from proxy.state import PROXY, SETTINGS, STATS
 from proxy.stats import Stats
 
@@ -64,12 +64,12 @@ SWEEP_EVERY: Final = 5.0
 # the cap bounds memory at 1000 connections; 128 GETs per pipelined Redis write keep Redis busy.
 MAX_ANSWERS_IN_FLIGHT: Final = 128
 STOP_WAIT: Final = 5.0  # at most this long for the lane's answers in progress at shutdown (they take ms)
+CLIENT_CLOSED_REQUEST: Final = 499  # the access line's status for a miss whose client hung up (nginx's)
 WRITE_BATCH_BYTES: Final = 64 * 1024  # answers held for one write turn (`FastLaneSite.write_soon`)
 # Headers that ask for more than a plain hit: the request goes aiohttp's way.
 NOT_PLAIN_HEADERS: Final = frozenset(
     {"cache-control", "pragma", X_CACHE_TTL.lower(), X_CACHE_DEBUG.lower(), "access-control-request-method"}
 )
-_REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
 
 
 class LaneReturn(AbstractAccessLogger):
@@ -132,14 +132,17 @@ class HitWriter:
         entry = self.proxy.fresh_now(plain)
         return None if entry is None else self._respond(head, plain, entry, started)
 
-    async def answer(self, head: RequestHead, plain: PlainRequest, started: float) -> bytes | None:
-        """The response from a fresh entry in the store, or None when aiohttp's path must answer."""
-        entry = await self.proxy.fresh_entry(plain)
-        return None if entry is None else self._respond(head, plain, entry, started)
-
-    def answer_from(self, head: RequestHead, plain: PlainRequest, raw: bytes | None, started: float) -> bytes | None:
-        """The response from what `proxy.lookup_soon` found, or None when aiohttp's path must answer."""
-        entry = self.proxy.fresh_from(plain, raw)
+    def answer_from(
+        self, head: RequestHead, plain: PlainRequest, found: bytes | None, started: float
+    ) -> bytes | PlainMiss | None:
+        """What the store's lookup means for a plain request: the response from a fresh entry,
+        the flight to pass on when there is no entry, or None when aiohttp's path must answer
+        (a stale or undecodable entry, an identical request passing its rate-limit check)."""
+        if found is None:
+            miss = self.proxy.plain_miss(plain)
+            if miss is not None:
+                return miss
+        entry = self.proxy.fresh_from(plain, found)
         return None if entry is None else self._respond(head, plain, entry, started)
 
     def _respond(self, head: RequestHead, plain: PlainRequest, entry: Entry, started: float) -> bytes:
@@ -148,7 +151,7 @@ class HitWriter:
         route = plain.match.route
         request_id = request_id_for(head.headers.get("x-request-id"))
         headers = hit_headers(entry, namespace=route.name, now=self.proxy.clock(), request_id=request_id)
-        origin = self._origin(head.headers)[1]
+        origin = self.cross_origin(head)
         if origin is not None:  # as the edge's `on_response_prepare` hook adds them
             with_cors = CIMultiDict(headers)
             self.cors.add_response_headers(with_cors, origin)
@@ -162,6 +165,11 @@ class HitWriter:
             key=plain.key,
             usage=entry.usage,
         )
+        self.close(head, record, entry.status, started)
+        return response
+
+    def close(self, head: RequestHead, record: RequestLog, status: int, started: float) -> None:
+        """Count the request and write its access line, as the edge does on aiohttp's path."""
         path = head.raw_path if "%" not in head.raw_path else URL.build(path=head.raw_path, encoded=True).path
         close_request(
             self.stats,
@@ -169,10 +177,13 @@ class HitWriter:
             access_log=self.access_log,
             method=head.method,
             path=path,
-            status=entry.status,
+            status=status,
             elapsed=time.perf_counter() - started,
         )
-        return response
+
+    def cross_origin(self, head: RequestHead) -> str | None:
+        """The allowed cross origin a request names (None: not a cross-origin request)."""
+        return self._origin(head.headers)[1]
 
     def _origin(self, headers: dict[str, str]) -> tuple[bool, str | None]:
         """Whether the lane may answer a request with these headers as far as CORS goes, and
@@ -192,16 +203,16 @@ class HitWriter:
     def _render(self, entry: Entry, headers: list[tuple[str, str]]) -> bytes:
         """The response as aiohttp writes a `web.Response`: status line, headers, the length,
         a default type, `Date` and `Server`, then the body."""
-        lines = [f"HTTP/1.1 {entry.status} {_REASONS.get(entry.status, '')}"]
+        lines = [status_line(entry.status)]
         lines.extend(f"{name}: {value}" for name, value in headers)
         lines.append(f"Content-Length: {len(entry.body)}")
         if entry.content_type is None:
             lines.append("Content-Type: application/octet-stream")
-        lines.append(f"Date: {self._http_date()}")
+        lines.append(f"Date: {self.http_date()}")
         lines.append(f"Server: {SERVER_SOFTWARE}\r\n\r\n")
         return "\r\n".join(lines).encode() + entry.body
 
-    def _http_date(self) -> str:
+    def http_date(self) -> str:
         second = int(time.time())
         if second != self._date_second:
             self._date_second = second
@@ -229,7 +240,9 @@ class FastLane(asyncio.BufferedProtocol):
         self.stopping = False
         self.writing_paused = False
         self.reading_paused = False  # by the lane itself, for a backlog of pipelined requests
-        self.answering: asyncio.Future[Any] | None = None  # the lookup (or its task) under way
+        self.answering: asyncio.Future[Any] | None = None  # the lookup, its task, or a miss passed on
+        self.drained: asyncio.Future[None] | None = None  # while a miss waits for the client to read
+        self.passing_on: asyncio.Task[None] | None = None  # the miss being passed on
         self.last_active = time.monotonic()
 
     # asyncio.Protocol
@@ -263,6 +276,9 @@ class FastLane(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.site.lanes.discard(self)
         self.transport = None
+        self._wake_writer()
+        if self.passing_on is not None:
+            self.passing_on.cancel()  # nobody to write to; the flight runs on and stores its answer
         handler, self.handler = self.handler, None
         if handler is not None:
             handler.connection_lost(exc)
@@ -274,6 +290,7 @@ class FastLane(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._wake_writer()
         if self.handler is not None:
             self.handler.resume_writing()
         elif not self.busy:
@@ -324,14 +341,15 @@ class FastLane(asyncio.BufferedProtocol):
 
     async def answer(self, head: RequestHead, plain: PlainRequest, raw: bytes, started: float) -> None:
         """Look the request up in the store (a coroutine: stores without `get_soon`)."""
+        answer: bytes | PlainMiss | None = None
         try:
-            response = await self.site.hits.answer(head, plain, started)
+            found = await self.site.hits.proxy.lookup_plain(plain)
+            answer = self.site.hits.answer_from(head, plain, found, started)
         except Exception:
             log.exception("the fast lane failed on a request; aiohttp's path answers it")
-            response = None
         finally:
             self.site.answer_done()
-        self._deliver(response, raw)
+        self._deliver(answer, head, plain, raw, started)
 
     def looked_up(
         self, head: RequestHead, plain: PlainRequest, raw: bytes, started: float, found: asyncio.Future[bytes | None]
@@ -339,23 +357,115 @@ class FastLane(asyncio.BufferedProtocol):
         """The store's lookup (`lookup_soon`) is done: answer, or lend the request to aiohttp,
         whose own lookup reports a failed one."""
         self.site.answer_done()
-        response = None
+        answer: bytes | PlainMiss | None = None
         if not found.cancelled() and found.exception() is None:
             try:
-                response = self.site.hits.answer_from(head, plain, found.result(), started)
+                answer = self.site.hits.answer_from(head, plain, found.result(), started)
             except Exception:
                 log.exception("the fast lane failed on a request; aiohttp's path answers it")
-        self._deliver(response, raw)
+        self._deliver(answer, head, plain, raw, started)
 
-    def _deliver(self, response: bytes | None, raw: bytes) -> None:
+    def _deliver(
+        self, answer: bytes | PlainMiss | None, head: RequestHead, plain: PlainRequest, raw: bytes, started: float
+    ) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
-            return
-        if response is None:
+            return  # a flight started for it runs on, and stores its answer
+        if answer is None:
             self._lend(raw)
-            return
-        self.site.write_soon(transport, response)
-        self._answered()
+        elif isinstance(answer, bytes):
+            self.site.write_soon(transport, answer)
+            self._answered()
+        else:
+            self.answering = self.passing_on = asyncio.ensure_future(self._pass_on(head, plain, answer, started))
+
+    async def _pass_on(self, head: RequestHead, plain: PlainRequest, miss: PlainMiss, started: float) -> None:
+        """Write the answer of a plain request's flight as it arrives (see proxy/lane_misses.py)."""
+        hits = self.site.hits
+        request_id = request_id_for(head.headers.get("x-request-id"))
+        record = RequestLog(request_id, route=plain.match.route.name, key_digest=key_digest(plain.key), key=plain.key)
+        passed = PassedOn(miss.flight, miss.flight.join(), miss.outcome)
+        try:
+            try:
+                upstream = await passed.flight.wait_head()
+                passed.flight, passed.reader, upstream, passed.outcome = await hits.proxy.own_answer(
+                    passed.flight, passed.reader, upstream, passed.outcome, miss.upstream_request
+                )
+            except UpstreamError as exc:
+                record.error = str(exc)
+                passed.status = exc.status
+                passed.whole = await self._send(error_response(exc.status, str(exc), request_id, hits.http_date()))
+                return
+            record.cache = passed.outcome
+            record.upstream_ms = passed.flight.upstream_ms
+            passed.status = upstream.status
+            plan = forward_plan(
+                upstream,
+                outcome=passed.outcome,
+                namespace=plain.match.route.name,
+                request_id=request_id,
+                accept_gzip=plain.accept_gzip,
+            )
+            origin = hits.cross_origin(head)
+            if origin is not None:
+                hits.cors.add_response_headers(plan.headers, origin)
+            await self._write_answer(passed, MissFraming(upstream.status, plan, hits.http_date()))
+        finally:  # also when cancelled: the connection closed (`connection_lost`)
+            passed.reader.close()
+            self.passing_on = None
+            if not passed.whole:
+                passed.status = CLIENT_CLOSED_REQUEST if self.transport is None else passed.status
+                record.error = record.error or "the answer was not written whole (the client or the upstream left)"
+            if record.cache is not None:
+                hits.proxy.account(record, passed.flight, passed.outcome)
+            hits.stats.fast_lane_misses += 1
+            hits.close(head, record, passed.status, started)
+            if self.transport is not None and not self.transport.is_closing():
+                self._answered()
+
+    async def _write_answer(self, passed: PassedOn, framing: MissFraming) -> None:
+        """The head, then the body as the flight reads it; an upstream that breaks off mid-body
+        leaves the client a connection closed without a proper end, never a complete-looking answer."""
+        pending = framing.head()
+        if not framing.sized:  # a stream's head goes at once; a known length's with its first bytes
+            if not await self._send(pending):
+                return
+            pending = b""
+        if has_body(passed.status):
+            try:
+                async for chunk in passed.reader:
+                    data = framing.body(chunk)
+                    if pending:
+                        data, pending = pending + data, b""
+                    if data and not await self._send(data):
+                        return  # the client went away; the flight goes on without it
+                    passed.whole = framing.complete  # all of a known length: whole, whatever comes next
+            except UpstreamError as exc:
+                log.warning("upstream response broke off; closing the client connection", error=str(exc))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        passed.whole = await self._send(pending + framing.end()) or passed.whole
+
+    async def _send(self, data: bytes) -> bool:
+        """Write part of a passed-on answer, waiting while the client reads slower than the
+        upstream answers; False once the client has gone."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        if self.site.unwritten:
+            self.site.write_answers()  # answers held for this turn go first
+        if data:
+            transport.write(data)
+        while self.writing_paused and self.transport is not None:
+            self.drained = asyncio.get_running_loop().create_future()
+            await self.drained
+        return self.transport is not None and not self.transport.is_closing()
+
+    def _wake_writer(self) -> None:
+        drained, self.drained = self.drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     def _finish_answer(self) -> None:
         self.busy = False
@@ -521,9 +631,11 @@ class FastLaneSite(web.BaseSite):
                 await self._sweeper
         for lane in list(self.lanes):
             lane.stop()
-        deadline = time.monotonic() + STOP_WAIT
-        while self.answers_in_flight and time.monotonic() < deadline:
+        # Lookups take milliseconds; misses passed on take what their upstream takes, up to the grace.
+        deadline = time.monotonic() + max(STOP_WAIT, self.hits.proxy.settings.shutdown_grace)
+        while time.monotonic() < deadline:
             answering = [lane.answering for lane in self.lanes if lane.answering is not None]
+            answering = [future for future in answering if not future.done()]
             if not answering:
                 break
             await asyncio.wait(answering, timeout=deadline - time.monotonic())

@@ -123,6 +123,9 @@ class Flight:
             if not self.from_peer:
                 body = await self._fetch()
             if body is not None and self.refusal is None:
+                # The readers write the last chunk first (they were woken by it): encoding and
+                # storing the entry take longer than writing, and no answer should wait for them.
+                await asyncio.sleep(0)
                 # Stored before the readers see the end: a client that asks again at once hits.
                 await self._store_entry(body)
         except Exception as exc:  # a bug must not leave readers waiting forever
@@ -285,8 +288,9 @@ class FlightReader:
                     flight._reader_moved()
                 return chunk
             if flight._finished:
-                if not flight._complete and flight.error is not None:
-                    raise flight.error
+                if not flight._complete:
+                    # Cancelled (at shutdown) leaves no error: still no proper end for the client.
+                    raise flight.error or UpstreamError("the upstream fetch was cancelled")
                 raise StopAsyncIteration
             await flight._changed.wait()
 

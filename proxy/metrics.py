@@ -82,6 +82,11 @@ class ProxyCollector(Collector):
             "Hits answered by the fast lane, beneath aiohttp (PROXY_FAST_LANE); included in the requests counter.",
             value=self.stats.fast_lane_hits,
         )
+        yield CounterMetricFamily(
+            f"{PREFIX}_fast_lane_misses",
+            "Misses (MISS, COALESCED) whose upstream answer the fast lane passed on; included in the requests counter.",
+            value=self.stats.fast_lane_misses,
+        )
         refused = CounterMetricFamily(
             f"{PREFIX}_refusals",
             "Requests refused on purpose: disallowed origins and preflights, bad credentials, rate limits, budgets.",

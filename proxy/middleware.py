@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -67,12 +68,16 @@ _ERROR_TYPES = {
 
 def json_error(status: int, message: str, request_id: str, headers: dict[str, str] | None = None) -> web.Response:
     """An error in the OpenAI shape (`error.message`), so the SDKs show the message as it is."""
-    body = {
+    return web.json_response(error_body(status, message, request_id), status=status, headers=headers)
+
+
+def error_body(status: int, message: str, request_id: str) -> dict[str, Any]:
+    """The JSON body of an error: aiohttp's path (`json_error`) and the fast lane's."""
+    return {
         "error": {"message": message, "type": _ERROR_TYPES.get(status, "proxy_error"), "code": status},
         "status": status,
         "request_id": request_id,
     }
-    return web.json_response(body, status=status, headers=headers)
 
 
 def edge_wrapper(

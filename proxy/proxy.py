@@ -52,7 +52,7 @@ from proxy.coordination import Coordinator
 from proxy.embeddings import EMBEDDINGS, Batch, assemble, item_of, parse_batch, split_answer
 from proxy.entry import Entry, accepts_gzip, decode_entry, encode_entry, kept_headers
 from proxy.errors import ClientRequestError, EntryDecodeError, StoreError, UpstreamError
-from proxy.flight import Flight
+from proxy.flight import Flight, FlightReader, Head
 from proxy.middleware import RequestLog, request_log
 from proxy.policy import (
     STORED_RESPONSE_HEADERS,
@@ -85,6 +85,15 @@ PLAIN_HIT_METHODS = frozenset({"GET", "POST"})
 # instead of asking the store again, if it is at most this old (the hand-over takes microseconds).
 HANDED_OVER_LOOKUP_SECONDS = 0.05
 HANDED_OVER_LOOKUPS_LIMIT = 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlainMiss:
+    """The flight a plain request with no entry passes on, as what (MISS, COALESCED)."""
+
+    flight: Flight
+    outcome: str
+    upstream_request: UpstreamRequest
 
 
 @dataclasses.dataclass(slots=True)
@@ -297,18 +306,18 @@ class CacheProxy:
 
     def fresh_now(self, plain: PlainRequest) -> Entry | None:
         """A fresh entry this process holds (first tier, embedded store), found without waiting;
-        None: ask `fresh_entry`."""
+        None: ask `lookup_plain`."""
         entry = self._decode(plain.key, self.store.get_local(plain.key), accept_gzip=plain.accept_gzip)
         return self._fresh_plain(plain, entry) if entry is not None else None
 
     def lookup_soon(self, plain: PlainRequest) -> asyncio.Future[bytes | None] | None:
         """The store's lookup as a future, when it can start one without a coroutine (then
-        `fresh_from` judges what it found); None: use `fresh_entry`."""
+        `fresh_from` judges what it found); None: use `lookup_plain`."""
         return self.store.get_soon(plain.key)
 
-    async def fresh_entry(self, plain: PlainRequest) -> Entry | None:
-        """The fresh entry for a plain request, or None when `handle` must answer it."""
-        return self.fresh_from(plain, await self.store.get(plain.key))
+    async def lookup_plain(self, plain: PlainRequest) -> bytes | None:
+        """The store's lookup of a plain request (for stores without `get_soon`)."""
+        return await self.store.get(plain.key)
 
     def fresh_from(self, plain: PlainRequest, raw: bytes | None) -> Entry | None:
         """The fresh entry in what the store returned for a plain request, or None when `handle`
@@ -408,7 +417,7 @@ class CacheProxy:
         """Refresh an entry in the background, once however many requests ask meanwhile."""
         running = self.flights.get(key)
         if running is None or running.finished:
-            self._start_flight(match, upstream_request, key, ttl=ttl, coordinate=coordinate)
+            self._start_flight(match.route, upstream_request, key, ttl=ttl, coordinate=coordinate)
 
     def _refresh_ahead(
         self,
@@ -629,7 +638,7 @@ class CacheProxy:
             try:
                 await self._check_upstream_limit(record)
                 # A refresh goes upstream whatever other replicas hold: it does not wait for their entries.
-                flight = self._start_flight(match, upstream_request, key, ttl=ttl, coordinate=outcome != REFRESH)
+                flight = self._start_flight(match.route, upstream_request, key, ttl=ttl, coordinate=outcome != REFRESH)
             finally:
                 if key is not None and self._starting.get(key) is gate:
                     del self._starting[key]
@@ -646,15 +655,7 @@ class CacheProxy:
             if stale is not None and (head.status >= 500 or head.status == 429):
                 reader.close()
                 return self._from_entry(request, stale, STALE, self.clock(), upstream_status=head.status)
-            if flight.from_peer:
-                outcome = COALESCED  # another replica went upstream for it
-            elif outcome == COALESCED and flight.refusal is not None:
-                # The leader's answer may not be stored, so it is not ours to reuse either.
-                reader.close()
-                flight = self._start_flight(match, upstream_request, key, ttl=ttl, shared=False)
-                reader = flight.join()
-                outcome = MISS
-                head = await flight.wait_head()
+            flight, reader, head, outcome = await self.own_answer(flight, reader, head, outcome, upstream_request, ttl)
         except BaseException:
             reader.close()
             raise
@@ -669,11 +670,52 @@ class CacheProxy:
             request_id=record.request_id,
             extra_headers=record.debug,
         )
+        self.account(record, flight, outcome)
+        return response
+
+    def plain_miss(self, plain: PlainRequest) -> PlainMiss | None:
+        """For a plain request with no entry (the fast lane's miss): the flight already fetching
+        its key (COALESCED) or a new one (MISS). None when `handle` must answer it: an identical
+        request is passing its rate-limit check and will start the flight."""
+        key = plain.key
+        if key in self._starting:
+            return None
+        upstream_request = self._upstream_request(
+            plain.method, plain.query_string, plain.match, plain.upstream_path, plain.body, plain.headers
+        )
+        flight = self._joinable(key)
+        if flight is not None:
+            return PlainMiss(flight, COALESCED, upstream_request)
+        return PlainMiss(self._start_flight(plain.match.route, upstream_request, key), MISS, upstream_request)
+
+    async def own_answer(
+        self,
+        flight: Flight,
+        reader: FlightReader,
+        head: Head,
+        outcome: str,
+        upstream_request: UpstreamRequest,
+        ttl: int | None = None,
+    ) -> tuple[Flight, FlightReader, Head, str]:
+        """The answer a request passes on once its flight has a head: a replica's entry counts
+        as COALESCED; a joined flight whose answer may not be stored is not ours to reuse, so the
+        request fetches its own."""
+        if flight.from_peer:
+            return flight, reader, head, COALESCED  # another replica went upstream for it
+        if outcome == COALESCED and flight.refusal is not None:
+            reader.close()
+            flight = self._start_flight(flight.route, upstream_request, flight.key, ttl=ttl, shared=False)
+            reader = flight.join()
+            return flight, reader, await flight.wait_head(), MISS
+        return flight, reader, head, outcome
+
+    def account(self, record: RequestLog, flight: Flight, outcome: str) -> None:
+        """After the answer is passed on: a coalesced request reports the leader's usage; the
+        leader's own usage counts against its client's daily budget."""
         if outcome == COALESCED:
             record.usage = flight.usage
         elif not flight.from_peer:
             self._spend(record, flight.usage)
-        return response
 
     async def _flight_to_join(self, key: str | None) -> Flight | None:
         """The flight fetching this key, waiting for one that is about to start; None to lead."""
@@ -693,7 +735,7 @@ class CacheProxy:
 
     def _start_flight(
         self,
-        match: RouteMatch,
+        route: Route,
         upstream_request: UpstreamRequest,
         key: str | None,
         *,
@@ -701,7 +743,6 @@ class CacheProxy:
         shared: bool = True,
         coordinate: bool = True,
     ) -> Flight:
-        route = match.route
         flight = Flight(
             route=route,
             request=upstream_request,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
@@ -70,9 +72,57 @@ def hit_headers(
     return headers
 
 
+class _SizedResponse(web.StreamResponse):
+    """A streamed response of known length: its headers leave with the first body bytes, in one
+    segment, instead of alone (as `web.Response` does; an event stream's headers go at once)."""
+
+    _send_headers_immediately = False
+
+
 def entry_response(entry: Entry, headers: list[tuple[str, str]]) -> web.Response:
     """A hit (or a stale answer): the stored status and body byte for byte, with `hit_headers`."""
     return web.Response(status=entry.status, body=entry.body, headers=CIMultiDict(headers))
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPlan:
+    """How an upstream answer is passed on: its headers, and its framing."""
+
+    headers: CIMultiDict[str]
+    length: int | None  # the Content-Length to send; None: chunked
+    gzip: bool  # compressed on the way (then chunked)
+
+
+def forward_plan(
+    head: Head,
+    *,
+    outcome: str,
+    namespace: str,
+    request_id: str,
+    accept_gzip: bool,
+    extra_headers: dict[str, str] | None = None,
+) -> ForwardPlan:
+    """The headers and framing of an upstream answer passed to a client: aiohttp's path
+    (`stream_response`) and the fast lane's (proxy/lane_misses.py) alike."""
+    headers = downstream_headers(head.headers)
+    headers[X_CACHE] = outcome
+    headers[CACHE_STATUS] = cache_status(outcome, namespace, upstream_status=head.status)
+    headers[REQUEST_ID] = request_id
+    if extra_headers:
+        headers.update(extra_headers)
+    length = head.headers.get("Content-Length")
+    identity = "Content-Encoding" not in head.headers
+    known_length = int(length) if length is not None and length.isdigit() and identity else None
+    gzip = False
+    content_type = head.headers.get("Content-Type")
+    if compressible(content_type):
+        headers["Vary"] = "Accept-Encoding"
+        streaming = (content_type or "").startswith("text/event-stream")
+        # Event streams are never compressed: a compressor holds bytes back, and streams must not wait.
+        if not streaming and accept_gzip and (known_length is None or known_length >= COMPRESS_MIN_BYTES):
+            gzip = True
+            known_length = None
+    return ForwardPlan(headers, known_length, gzip)
 
 
 async def stream_response(
@@ -90,30 +140,20 @@ async def stream_response(
     If the upstream breaks off mid-body, the connection is closed without a proper end, so the
     client sees a truncated response as an error rather than as a complete answer.
     """
-    headers = downstream_headers(head.headers)
-    headers[X_CACHE] = outcome
-    headers[CACHE_STATUS] = cache_status(outcome, namespace, upstream_status=head.status)
-    headers[REQUEST_ID] = request_id
-    if extra_headers:
-        headers.update(extra_headers)
-    response = web.StreamResponse(status=head.status, headers=headers)
-    length = head.headers.get("Content-Length")
-    identity = "Content-Encoding" not in head.headers
-    known_length = int(length) if length is not None and length.isdigit() and identity else None
-    content_type = head.headers.get("Content-Type")
-    if compressible(content_type):
-        response.headers["Vary"] = "Accept-Encoding"
-        streaming = (content_type or "").startswith("text/event-stream")
-        # Event streams are never compressed: a compressor holds bytes back, and streams must not wait.
-        if (
-            not streaming
-            and accepts_gzip(request.headers.get("Accept-Encoding"))
-            and (known_length is None or known_length >= COMPRESS_MIN_BYTES)
-        ):
-            response.enable_compression(web.ContentCoding.gzip)
-            known_length = None
-    if known_length is not None:
-        response.content_length = known_length
+    plan = forward_plan(
+        head,
+        outcome=outcome,
+        namespace=namespace,
+        request_id=request_id,
+        accept_gzip=accepts_gzip(request.headers.get("Accept-Encoding")),
+        extra_headers=extra_headers,
+    )
+    sized = plan.length is not None and plan.length > 0
+    response = (_SizedResponse if sized else web.StreamResponse)(status=head.status, headers=plan.headers)
+    if plan.gzip:
+        response.enable_compression(web.ContentCoding.gzip)
+    if plan.length is not None:
+        response.content_length = plan.length
     await response.prepare(request)
     try:
         async for chunk in reader:

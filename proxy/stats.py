@@ -58,6 +58,7 @@ class Stats:
         self._flushed: dict[str, int] = {}
         self.key_hits: defaultdict[str, int] = defaultdict(int)
         self.fast_lane_hits = 0  # of the hits, those the fast lane answered (this process; not flushed)
+        self.fast_lane_misses = 0  # requests that went upstream (MISS, COALESCED) the lane passed on
 
     def record(
         self, namespace: str, outcome: str, seconds: float, *, usage: Usage | None = None, key: str | None = None

@@ -8,7 +8,9 @@ connection carries, pipelining, requests the lane leaves to aiohttp, idle connec
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ import fakeredis
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from proxy import fastlane
 from proxy.state import STATS
@@ -114,6 +117,10 @@ def lane_hits(client: TestClient[web.Request, web.Application]) -> int:
     return client.app[STATS].fast_lane_hits  # type: ignore[index]
 
 
+def lane_misses(client: TestClient[web.Request, web.Application]) -> int:
+    return client.app[STATS].fast_lane_misses  # type: ignore[index]
+
+
 async def test_one_connection_carries_misses_hits_and_operations_in_order(
     proxy: TestClient[web.Request, web.Application], fake: FakeUpstream, connect
 ) -> None:  # type: ignore[no-untyped-def]
@@ -158,16 +165,21 @@ async def test_pipelined_requests_are_answered_in_order(
 
 
 async def lane_and_aiohttp(
-    make_proxy: ProxyClientFactory, connect, request: bytes, **env: str
+    make_proxy: ProxyClientFactory, connect, request: bytes, *, stored: bool = True, **env: str
 ) -> tuple[list[TestClient[web.Request, web.Application]], list[RawResponse]]:  # type: ignore[no-untyped-def]
-    """Two proxies sharing one store, with and without the lane; the entry stored, then the same
-    request's answer from each."""
-    server = fakeredis.FakeServer()
-    clients = [
-        await make_proxy(store=FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server))), **env, **lane)
-        for lane in ({}, {"PROXY_FAST_LANE": "off"})
-    ]
-    await (await clients[0].post(CHAT, json=chat_body())).read()
+    """Two proxies, with and without the lane, then the same request's answer from each. With
+    `stored`, they share one store holding the entry (a hit on both); without, each has its own
+    empty store (a miss on both)."""
+    if stored:
+        server = fakeredis.FakeServer()
+        stores = [FailOpenStore(RedisStore(fakeredis.aioredis.FakeRedis(server=server))) for _ in range(2)]
+        clients = [
+            await make_proxy(store=store, **env, **lane)
+            for store, lane in zip(stores, ({}, {"PROXY_FAST_LANE": "off"}), strict=True)
+        ]
+        await (await clients[0].post(CHAT, json=chat_body())).read()
+    else:
+        clients = [await make_proxy(**env, **lane) for lane in ({}, {"PROXY_FAST_LANE": "off"})]
     answers = []
     for client in clients:
         connection = await connect(client)
@@ -260,7 +272,9 @@ async def test_hits_count_in_stats_and_the_lanes_share_is_reported(
     assert stats["process"]["totals"]["hits"] == 3
     assert stats["process"]["namespaces"]["ai_content"]["misses"] == 1
     assert stats["fast_lane_hits"] == 3
+    assert stats["fast_lane_misses"] == 1
     assert "artstory_proxy_fast_lane_hits_total 3.0" in metrics
+    assert "artstory_proxy_fast_lane_misses_total 1.0" in metrics
 
 
 async def test_idle_connections_close_but_busy_ones_stay(
@@ -333,3 +347,99 @@ async def test_browser_hits_from_an_allowed_origin_are_the_lanes_with_the_same_c
     assert "access-control-allow-origin" not in same_origin.headers
     assert lane_hits(lane) == 2
     assert fake.calls["/chat/completions"] == 1
+
+
+def same_answer(answer: RawResponse) -> tuple[int, dict[str, str], str]:
+    """An answer without the numbers the fake upstream counts up (ids, timestamps)."""
+    body = answer.body
+    if answer.headers.get("content-encoding") == "gzip":
+        body = gzip.decompress(body)
+    return answer.status, comparable(answer), re.sub(r"\d+", "N", body.decode())
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (),  # a Content-Length, the head and the body in one write
+        ("Accept-Encoding: gzip",),  # compressed on the way, chunked
+        ("Origin: https://app.example",),  # an allowed browser origin: the CORS headers
+    ],
+)
+async def test_a_miss_from_the_lane_is_the_answer_aiohttp_gives(
+    make_proxy: ProxyClientFactory, connect, fake: FakeUpstream, headers: tuple[str, ...]
+) -> None:  # type: ignore[no-untyped-def]
+    request = post(CHAT, chat(), "X-Request-Id: same-id-2", *headers)
+    env = {"PROXY_CORS_ORIGINS": "https://app.example"}
+    (lane, plain), (from_lane, from_aiohttp) = await lane_and_aiohttp(make_proxy, connect, request, stored=False, **env)
+
+    assert from_lane.headers["x-cache"] == from_aiohttp.headers["x-cache"] == "MISS"
+    assert same_answer(from_lane) == same_answer(from_aiohttp)
+    assert from_lane.headers["x-request-id"] == "same-id-2"
+    assert lane_misses(lane) == 1
+    assert lane_misses(plain) == 0
+    assert fake.total_calls == 2
+
+
+async def test_a_streamed_miss_from_the_lane_is_the_stream_aiohttp_gives(
+    make_proxy: ProxyClientFactory, connect, fake: FakeUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    request = post(CHAT, json.dumps(chat_body("Tell me about the Mona Lisa", stream=True)).encode())
+    (lane, _), (from_lane, from_aiohttp) = await lane_and_aiohttp(make_proxy, connect, request, stored=False)
+
+    assert from_lane.headers["transfer-encoding"] == "chunked"
+    assert same_answer(from_lane) == same_answer(from_aiohttp)
+    assert from_lane.body.rstrip().endswith(b"data: [DONE]")
+    assert lane_misses(lane) == 1
+
+
+async def test_an_upstream_error_from_the_lane_is_the_error_aiohttp_gives(
+    make_proxy: ProxyClientFactory, connect
+) -> None:  # type: ignore[no-untyped-def]
+    request = post(CHAT, chat(), "X-Request-Id: same-id-3")
+    env = {"OPENAI_BASE_URL": "http://127.0.0.1:9"}  # nothing listens there
+    (lane, _), (from_lane, from_aiohttp) = await lane_and_aiohttp(make_proxy, connect, request, stored=False, **env)
+
+    assert from_lane.status == from_aiohttp.status == 502
+    assert from_lane.body == from_aiohttp.body
+    assert comparable(from_lane) == comparable(from_aiohttp)
+    assert "could not be reached" in from_lane.json()["error"]["message"]  # type: ignore[index]
+    assert lane_misses(lane) == 1
+
+
+async def test_identical_misses_on_two_connections_share_one_upstream_call(
+    proxy: TestClient[web.Request, web.Application], connect, fake: FakeUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    first, second = await connect(proxy), await connect(proxy)
+    slow = post(CHAT, chat(), "x-fake-delay: 0.2")
+    await first.send(slow)
+    await asyncio.sleep(0.05)
+    await second.send(slow)
+    answers = [await first.response(), await second.response()]
+
+    assert [answer.headers["x-cache"] for answer in answers] == ["MISS", "COALESCED"]
+    assert answers[0].body == answers[1].body
+    assert fake.total_calls == 1
+    assert lane_misses(proxy) == 2
+    await second.send(slow)
+    assert (await second.response()).headers["x-cache"] == "HIT"
+
+
+async def test_a_client_that_hangs_up_on_a_lane_miss_still_gets_it_stored(
+    proxy: TestClient[web.Request, web.Application], connect, fake: FakeUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    leaving = await connect(proxy)
+    with capture_logs() as logs:
+        await leaving.send(post(CHAT, chat(), "x-fake-delay: 0.1"))
+        await asyncio.sleep(0.02)
+        leaving.writer.close()
+        await asyncio.sleep(0.3)
+
+    staying = await connect(proxy)
+    await staying.send(post(CHAT, chat()))
+    answer = await staying.response()
+
+    assert answer.headers["x-cache"] == "HIT"
+    assert fake.total_calls == 1
+    abandoned = [line for line in logs if line["event"] == "request"]
+    assert [line["status"] for line in abandoned] == [499]  # nginx's "client closed request"
+    assert "not written whole" in abandoned[0]["error"]
