@@ -410,6 +410,10 @@ class FastLane(asyncio.BufferedProtocol):
             if origin is not None:
                 hits.cors.add_response_headers(plan.headers, origin)
             await self._write_answer(passed, MissFraming(upstream.status, plan, hits.http_date()))
+        except Exception:  # a bug: the client must not wait for an answer that will not come
+            log.exception("the fast lane failed passing on an answer; closing the connection", request_id=request_id)
+            if self.transport is not None:
+                self.transport.close()
         finally:  # also when cancelled: the connection closed (`connection_lost`)
             passed.reader.close()
             self.passing_on = None
