@@ -24,6 +24,7 @@ class BenchConfig:
     noisy_retries: int = 2  # runs measured again when other programs used the CPU meanwhile
     connections: tuple[int, ...] = (1, 10, 50, 100, 1000)
     target_connections: int = 50  # where the throughput and p99 targets are judged
+    verdict_rounds: int = 3  # rounds of the interleaved hit runs the throughput targets are judged on
     miss_connections: tuple[int, ...] = (1, 10)
     workers: int = 2  # N of the "N workers" rows
     workers_cpus: str | None = None  # CPUs of the N-worker proxy (default: the server CPUs)

@@ -1,8 +1,16 @@
 """Scenario 1: hit throughput and latency for a 1 KB chat completion and a 60 KB image, at each
-connection count, for the proxy (access log on and off, N workers) and every baseline."""
+connection count, for the proxy (access log on and off, N workers) and every baseline.
+
+The table measures one server after another, a minute or so each; on a shared machine the speed
+of the host drifts more than that between minutes. So the throughput targets (a ratio of two
+servers) are judged on interleaved runs: the servers they compare run side by side and are
+loaded in turn, one short run each, for `verdict_rounds` rounds; each keeps its median.
+"""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from statistics import median
 from typing import Any
 
 from benchmarks.procinfo import rss_bytes
@@ -20,6 +28,7 @@ from benchmarks.servers import (
 )
 
 SERVERS = (PROXY, PROXY_NOLOG, PROXY_DEFAULT, PROXY_WORKERS, CEILING, PIPELINED, NAIVE, NGINX)
+VERDICT_SERVERS = (PROXY, PIPELINED, PROXY_DEFAULT, CEILING)  # the pairs the throughput targets compare
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -46,7 +55,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             for payload in payloads:
                 warmed = warm(server, payload)
                 results["answer_bytes"].setdefault(payload.name, {})[spec.name] = warmed["second"]["bytes"]
-                common = {"method": payload.method, "body_file": payload.body_file}
+                common: dict[str, Any] = {"method": payload.method, "body_file": payload.body_file}
                 load_briefly(ctx, server, payload.path, **common)
                 series = results["data"][payload.name].setdefault(spec.name, {})
                 for connections in cfg.connections:
@@ -59,4 +68,33 @@ def run(ctx: RunContext) -> dict[str, Any]:
                         f"  rss {result.extra['peak_rss'] / 2**20:.1f} MiB"
                         + (f"  errors {result.errors}" if result.error_count else "")
                     )
+    results["interleaved"] = interleaved(ctx)
     return results
+
+
+def interleaved(ctx: RunContext) -> dict[str, Any]:
+    """The chat payload at the target connection count, the servers of `VERDICT_SERVERS` loaded
+    in turn for `verdict_rounds` rounds: per server its runs' throughput and their median."""
+    cfg = ctx.cfg
+    specs = [spec for spec in VERDICT_SERVERS if runs_here(spec, cfg, ctx.features) is None]
+    common: dict[str, Any] = {"method": ctx.chat.method, "body_file": ctx.chat.body_file}
+    runs: dict[str, list[float]] = {spec.name: [] for spec in specs}
+    with ExitStack() as stack:
+        servers = [stack.enter_context(serving(ctx, spec)) for spec in specs]
+        for server in servers:
+            warm(server, ctx.chat)
+            load_briefly(ctx, server, ctx.chat.path, **common)
+        for round_number in range(cfg.verdict_rounds):
+            for server in servers:
+                result = measure(ctx, server, ctx.chat.path, connections=cfg.target_connections, repeat=1, **common)
+                runs[server.spec.name].append(round(result.rps, 1))
+                ctx.log(
+                    f"hits interleaved round {round_number + 1} {server.spec.name:15} "
+                    f"c={cfg.target_connections} {result.rps:8.0f} req/s"
+                )
+    return {
+        "connections": cfg.target_connections,
+        "rounds": cfg.verdict_rounds,
+        "runs": runs,
+        "median": {name: median(values) for name, values in runs.items() if values},
+    }
