@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.access import ACCESS_KEY_HEADER, AccessPolicy
+from proxy.access import ACCESS_KEY_HEADER, AccessPolicy, Client
 from proxy.admin_auth import is_loopback
 from proxy.bodies import read_up_to
 from proxy.cache_key import (
@@ -236,21 +236,30 @@ class CacheProxy:
         Otherwise the client's own credential, if any, goes upstream and into the key as it is.
         Returns the headers and what stands for the client in the key (`key_credential`)."""
         record = request_log(request)
-        upstream = self.settings.upstreams[route.upstream]
-        if upstream.api_key and not self.access.open_access:
+        if self._needs_access_key(route):
             try:
-                client = self.access.authenticate(request.headers)
+                client, headers, credential = self._authenticated(request.headers, route)
             except ClientRequestError:
                 self.refusals.count(ACCESS_DENIED)
                 raise
             record.client = client.label
-            headers = CIMultiDict(request.headers)
-            headers.popall("Authorization", None)
-            headers.popall(ACCESS_KEY_HEADER, None)
-            return headers, key_credential(headers, None if route.share_entries else client.label)
+            return headers, credential
         fingerprint = credential_fingerprint(request.headers)
         record.client = f"credential:{fingerprint[:16]}" if fingerprint else f"ip:{request.remote}"
         return request.headers, fingerprint
+
+    def _needs_access_key(self, route: Route) -> bool:
+        """Whether the route's upstream key is the proxy's own, so clients must authenticate."""
+        return bool(self.settings.upstreams[route.upstream].api_key) and not self.access.open_access
+
+    def _authenticated(self, incoming: Mapping[str, str], route: Route) -> tuple[Client, CIMultiDict[str], str | None]:
+        """The client behind an access key or JWT, the headers without it, and what stands for
+        the client in the key; `ClientRequestError` (401) when it does not authenticate."""
+        headers = CIMultiDict(incoming)  # the lane's names are lower-case; credentials are looked up as sent
+        client = self.access.authenticate(headers)
+        headers.popall("Authorization", None)
+        headers.popall(ACCESS_KEY_HEADER, None)
+        return client, headers, key_credential(headers, None if route.share_entries else client.label)
 
     def plain_request(
         self, method: str, raw_path: str, query_string: str, headers: Mapping[str, str], body: bytes
@@ -259,8 +268,9 @@ class CacheProxy:
 
         The caller (proxy/fastlane.py) has already left out requests whose headers ask for more
         (CORS, Cache-Control, Pragma, X-Cache-TTL, X-Cache-Debug, ...). None - go the full way
-        through `handle` - when the route does not cache, when access keys or rate limits apply,
-        and for an embeddings route (batches). `headers` has lower-case names. Raises
+        through `handle` - when the route does not cache, when rate limits apply, for an
+        embeddings route (batches), and when a route needing an access key has none that
+        authenticates (`handle` gives the 401). `headers` has lower-case names. Raises
         `ClientRequestError` where `handle` would answer with an error."""
         match = self.routes.match(method, raw_path)
         if match is None or method not in PLAIN_HIT_METHODS:
@@ -269,14 +279,18 @@ class CacheProxy:
         if (
             not request_uses_cache(route, method)
             or self.limiter.enabled
-            or (self.settings.upstreams[route.upstream].api_key and not self.access.open_access)
             or (route.openai_checks and content_type_of(route, match.template) == EMBEDDINGS)
         ):
             return None
+        if self._needs_access_key(route):
+            try:
+                _, headers, credential = self._authenticated(headers, route)
+            except ClientRequestError:
+                return None  # `handle` refuses it (401) and counts the refusal
+        else:
+            credential = credential_fingerprint(headers)
         upstream_path = route.upstream_path_for(raw_path, match.params)
-        _, key = self._key_of(
-            match, method, upstream_path, query_string, body, headers, credential_fingerprint(headers)
-        )
+        _, key = self._key_of(match, method, upstream_path, query_string, body, headers, credential)
         accept_gzip = accepts_gzip(headers.get("accept-encoding"))
         return PlainRequest(match, upstream_path, key, accept_gzip, method, query_string, headers, body)
 

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from proxy import fastlane
+from proxy.access import hash_access_key
 from proxy.state import STATS
 from proxy.store.failopen import FailOpenStore
 from proxy.store.redis import RedisStore
@@ -443,3 +444,38 @@ async def test_a_client_that_hangs_up_on_a_lane_miss_still_gets_it_stored(
     abandoned = [line for line in logs if line["event"] == "request"]
     assert [line["status"] for line in abandoned] == [499]  # nginx's "client closed request"
     assert "not written whole" in abandoned[0]["error"]
+
+
+KEYED = {"OPENAI_API_KEY": "sk-held-by-the-proxy", "PROXY_ACCESS_KEYS": "frontend:" + hash_access_key("ask-frontend")}
+
+
+async def test_requests_with_an_access_key_are_the_lanes_once_it_authenticates(
+    make_proxy: ProxyClientFactory, connect, fake: FakeUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    proxy = await make_proxy(**KEYED)
+    connection = await connect(proxy)
+    answers = []
+    for credential in ("Authorization: Bearer ask-frontend", "X-Proxy-Key: ask-frontend", "X-Proxy-Key: ask-unknown"):
+        await connection.send(post(CHAT, chat(), credential))
+        answers.append(await connection.response())
+
+    assert [answer.status for answer in answers] == [200, 200, 401]
+    assert [answer.headers.get("x-cache") for answer in answers[:2]] == ["MISS", "HIT"]  # one entry for both
+    assert answers[2].headers["www-authenticate"].startswith("Bearer")  # refused on aiohttp's path
+    assert (lane_misses(proxy), lane_hits(proxy)) == (1, 1)
+    seen = fake.seen[-1].headers
+    assert seen["Authorization"] == "Bearer sk-held-by-the-proxy"
+    assert "X-Proxy-Key" not in seen
+    stats = await (await proxy.get("/redis/stats")).json()
+    assert stats["refusals"]["access_denied"] == 1
+
+
+async def test_a_miss_with_an_access_key_from_the_lane_is_the_answer_aiohttp_gives(
+    make_proxy: ProxyClientFactory, connect
+) -> None:  # type: ignore[no-untyped-def]
+    request = post(CHAT, chat(), "X-Proxy-Key: ask-frontend", "X-Request-Id: same-id-4")
+    (lane, _), (from_lane, from_aiohttp) = await lane_and_aiohttp(make_proxy, connect, request, stored=False, **KEYED)
+
+    assert same_answer(from_lane) == same_answer(from_aiohttp)
+    assert from_lane.headers["x-cache"] == "MISS"
+    assert lane_misses(lane) == 1
