@@ -1,4 +1,4 @@
-"""The fast lane: plain cache hits answered beneath aiohttp, everything else handed to it.
+"""The fast lane: plain requests served beneath aiohttp, everything else handed to it.
 
 aiohttp's request machinery (parser, request and response objects, the handler task) costs
 about 60 us per request on the machines we measure on, more than the whole cache hit (a
@@ -6,10 +6,11 @@ pipelined Redis GET). So each accepted connection is owned by a `FastLane` proto
 requests itself with a strict reader (proxy/http1.py) and answers a request with a fresh entry
 when there is nothing else to do for it (`CacheProxy.plain_request`, then the entry from this
 process's memory, `fresh_now`, or from the store's lookup): the same bytes, headers, log line and
-counters as aiohttp's path. Every other request - a miss, a stale entry, an error, an
-operations endpoint, a preflight or a disallowed origin, cache directives, access keys or rate
-limits - is
-*lent* to an aiohttp `RequestHandler` attached to the same connection: it gets the request's
+counters as aiohttp's path. A plain request with no entry joins or starts its flight and the lane
+passes the answer on itself (`_pass_on`, proxy/lane_misses.py). Every other request - a stale
+entry, an error, an operations endpoint, a preflight or a disallowed origin, cache directives,
+a credential that does not authenticate, rate limits - is *lent* to an aiohttp
+`RequestHandler` attached to the same connection: it gets the request's
 exact bytes, answers as it always does, and when its response is written (its access logger,
 `LaneReturn`, is told so) the connection comes back to the lane for the next request. Requests
 the strict reader does not frame (chunked bodies, `Expect`, `Upgrade`, HTTP/1.0, malformed
