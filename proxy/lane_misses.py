@@ -12,6 +12,7 @@ chunked`), a default `Content-Type`, `Date` and `Server`.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -24,6 +25,7 @@ from proxy.middleware import error_body
 from proxy.responses import ForwardPlan
 
 REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
+_FORBIDDEN_HEADER_CHARS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def status_line(status: int) -> str:
@@ -59,9 +61,11 @@ class MissFraming:
             lines.append(f"Content-Length: {length}")
         if has_body(status) and length != 0 and "Content-Type" not in plan.headers:
             lines.append("Content-Type: application/octet-stream")
+        if any(_FORBIDDEN_HEADER_CHARS.search(line) for line in lines):  # as aiohttp's writer refuses them
+            raise ValueError("a control character in the answer's headers")
         lines.append(f"Date: {date}")
         lines.append(f"Server: {SERVER_SOFTWARE}\r\n\r\n")
-        self._head = "\r\n".join(lines).encode("latin-1")
+        self._head = "\r\n".join(lines).encode()
         # A known length is written with the first body bytes, as one segment; a stream's head at once.
         self.sized = length is not None and length > 0 and not self.chunked
         self._left = length or 0  # body bytes of a known length still to come
@@ -115,4 +119,4 @@ def error_response(status: int, message: str, request_id: str, date: str) -> byt
         f"Date: {date}",
         f"Server: {SERVER_SOFTWARE}\r\n\r\n",
     )
-    return "\r\n".join(lines).encode("latin-1") + body
+    return "\r\n".join(lines).encode() + body
