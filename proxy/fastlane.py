@@ -64,7 +64,9 @@ SWEEP_EVERY: Final = 5.0
 # and a future (or, for stores without `get_soon`, a task and its coroutine frames, a few KiB), so
 # the cap bounds memory at 1000 connections; 128 GETs per pipelined Redis write keep Redis busy.
 MAX_ANSWERS_IN_FLIGHT: Final = 128
-STOP_WAIT: Final = 5.0  # at most this long for the lane's answers in progress at shutdown (they take ms)
+# At shutdown, the lane waits this long for its lookups in progress (they take ms), and for misses
+# it is passing on up to PROXY_SHUTDOWN_GRACE when that is longer.
+STOP_WAIT: Final = 5.0
 CLIENT_CLOSED_REQUEST: Final = 499  # the access line's status for a miss whose client hung up (nginx's)
 WRITE_BATCH_BYTES: Final = 64 * 1024  # answers held for one write turn (`FastLaneSite.write_soon`)
 # Headers that ask for more than a plain hit: the request goes aiohttp's way.
