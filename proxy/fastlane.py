@@ -38,7 +38,6 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
@@ -49,8 +48,8 @@ from proxy.constants import HIT, X_CACHE_DEBUG, X_CACHE_TTL
 from proxy.cors import CorsPolicy
 from proxy.entry import Entry
 from proxy.errors import ClientRequestError, UpstreamError
-from proxy.http1 import INCOMPLETE, MAX_HEAD_BYTES, UNFRAMED, RequestHead, read_head
-from proxy.lane_misses import MissFraming, PassedOn, error_response, has_body, status_line
+from proxy.http1 import INCOMPLETE, MAX_HEAD_BYTES, UNFRAMED, RequestHead, read_head, response_head
+from proxy.lane_misses import MissFraming, PassedOn, error_response, has_body
 from proxy.middleware import RequestLog, close_request, request_id_for
 from proxy.proxy import CacheProxy, PlainMiss, PlainRequest
 from proxy.responses import forward_plan, hit_headers
@@ -206,14 +205,11 @@ class HitWriter:
     def _render(self, entry: Entry, headers: list[tuple[str, str]]) -> bytes:
         """The response as aiohttp writes a `web.Response`: status line, headers, the length,
         a default type, `Date` and `Server`, then the body."""
-        lines = [status_line(entry.status)]
-        lines.extend(f"{name}: {value}" for name, value in headers)
+        lines = [f"{name}: {value}" for name, value in headers]
         lines.append(f"Content-Length: {len(entry.body)}")
         if entry.content_type is None:
             lines.append("Content-Type: application/octet-stream")
-        lines.append(f"Date: {self.http_date()}")
-        lines.append(f"Server: {SERVER_SOFTWARE}\r\n\r\n")
-        return "\r\n".join(lines).encode() + entry.body
+        return response_head(entry.status, lines, self.http_date()) + entry.body
 
     def http_date(self) -> str:
         second = int(time.time())

@@ -1,4 +1,5 @@
-"""A strict reader of HTTP/1.1 request heads, for the fast lane's framing (proxy/fastlane.py).
+"""HTTP/1.1 framing for the fast lane (proxy/fastlane.py): a strict reader of request heads, and
+response heads laid out as aiohttp writes them.
 
 It accepts only the plainest requests: ASCII, CRLF line ends, `METHOD /target HTTP/1.1`, header
 names that are tokens, and a body framed by at most one all-digit `Content-Length`. Everything
@@ -6,13 +7,20 @@ else - chunked bodies, `Expect`, `Upgrade`, HTTP/1.0, obsolete line folding, a b
 over `MAX_HEAD_BYTES` - is `UNFRAMED`: the connection is then left to aiohttp's own parser, which
 answers it or refuses it exactly as it always does. So the fast lane can never frame a request
 differently from aiohttp (no request smuggling between the two).
+
+`response_head` writes the status line, the given header lines, then `Date` and `Server`, as
+aiohttp ends every response head.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Final
+
+from aiohttp.http import SERVER_SOFTWARE
 
 MAX_HEAD_BYTES: Final = 16 * 1024  # aiohttp's own limits are 8190 bytes per line
 MAX_CONTENT_LENGTH_DIGITS: Final = 15
@@ -20,6 +28,14 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(r"[\t\x20-\x7e]*")
 _TARGET = re.compile(r"/[\x21-\x7e]*")
 _FRAMING_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "te", "http2-settings"})
+_REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
+
+
+def response_head(status: int, header_lines: Iterable[str], date: str) -> bytes:
+    """A response's head: the status line, `header_lines` (`Name: value`), `Date` and `Server`."""
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}", *header_lines, f"Date: {date}"]
+    lines.append(f"Server: {SERVER_SOFTWARE}\r\n\r\n")
+    return "\r\n".join(lines).encode()
 
 
 @dataclass(slots=True)

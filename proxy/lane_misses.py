@@ -15,21 +15,14 @@ import json
 import re
 import zlib
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Final
 
-from aiohttp.http import SERVER_SOFTWARE
-
 from proxy.flight import Flight, FlightReader
+from proxy.http1 import response_head
 from proxy.middleware import error_body
 from proxy.responses import ForwardPlan
 
-REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
 _FORBIDDEN_HEADER_CHARS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def status_line(status: int) -> str:
-    return f"HTTP/1.1 {status} {REASONS.get(status, '')}"
 
 
 def has_body(status: int) -> bool:
@@ -43,8 +36,7 @@ class MissFraming:
     __slots__ = ("_compressor", "_head", "_left", "chunked", "sized")
 
     def __init__(self, status: int, plan: ForwardPlan, date: str) -> None:
-        lines = [status_line(status)]
-        lines.extend(f"{name}: {value}" for name, value in plan.headers.items())
+        lines = [f"{name}: {value}" for name, value in plan.headers.items()]
         length = plan.length
         self._compressor = None
         if not has_body(status):
@@ -63,9 +55,7 @@ class MissFraming:
             lines.append("Content-Type: application/octet-stream")
         if any(_FORBIDDEN_HEADER_CHARS.search(line) for line in lines):  # as aiohttp's writer refuses them
             raise ValueError("a control character in the answer's headers")
-        lines.append(f"Date: {date}")
-        lines.append(f"Server: {SERVER_SOFTWARE}\r\n\r\n")
-        self._head = "\r\n".join(lines).encode()
+        self._head = response_head(status, lines, date)
         # A known length is written with the first body bytes, as one segment; a stream's head at once.
         self.sized = length is not None and length > 0 and not self.chunked
         self._left = length or 0  # body bytes of a known length still to come
@@ -112,11 +102,8 @@ def error_response(status: int, message: str, request_id: str, date: str) -> byt
     """An error as the edge's `json_error` answers it (`web.json_response`), as bytes."""
     body = json.dumps(error_body(status, message, request_id)).encode()
     lines = (
-        status_line(status),
         "Content-Type: application/json; charset=utf-8",
         f"X-Request-ID: {request_id}",
         f"Content-Length: {len(body)}",
-        f"Date: {date}",
-        f"Server: {SERVER_SOFTWARE}\r\n\r\n",
     )
-    return "\r\n".join(lines).encode() + body
+    return response_head(status, lines, date) + body

@@ -98,7 +98,8 @@ class PlainMiss:
 
 @dataclasses.dataclass(slots=True)
 class PlainRequest:
-    """A request the fast lane may answer from a fresh entry: its route, its key, what it is."""
+    """A request the fast lane may serve itself (from a fresh entry, or passing its miss on):
+    its route, its key, what it is."""
 
     match: RouteMatch
     upstream_path: str
