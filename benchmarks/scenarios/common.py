@@ -121,6 +121,18 @@ def measure(
     return chosen
 
 
+def loaded_in_turn(ctx: RunContext, servers: Sequence[Server], path: str, label: str, **options: Any) -> dict[str, Any]:
+    """The servers loaded one after the other at the target connection count, `verdict_rounds`
+    rounds (the host's drift between minutes hits them alike): each one's runs and their median."""
+    runs: dict[str, list[float]] = {server.spec.name: [] for server in servers}
+    for round_number in range(ctx.cfg.verdict_rounds):
+        for server in servers:
+            result = measure(ctx, server, path, connections=ctx.cfg.target_connections, repeat=1, **options)
+            runs[server.spec.name].append(round(result.rps, 1))
+            ctx.log(f"{label} round {round_number + 1} {server.spec.name:15} {result.rps:8.0f} req/s")
+    return {"runs": runs, "median": {name: statistics.median(values) for name, values in runs.items()}}
+
+
 def load_briefly(ctx: RunContext, server: Server, path: str, **options: Any) -> None:
     """Unmeasured load for `cfg.warmup` seconds at the target connection count, before a server's
     measured runs (its pools, buffers and caches filled, as in a steady state)."""

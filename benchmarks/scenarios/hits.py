@@ -10,11 +10,10 @@ loaded in turn, one short run each, for `verdict_rounds` rounds; each keeps its 
 from __future__ import annotations
 
 from contextlib import ExitStack
-from statistics import median
 from typing import Any
 
 from benchmarks.procinfo import rss_bytes
-from benchmarks.scenarios.common import RunContext, load_briefly, measure, serving, warm
+from benchmarks.scenarios.common import RunContext, load_briefly, loaded_in_turn, measure, serving, warm
 from benchmarks.servers import (
     CEILING,
     NAIVE,
@@ -78,23 +77,10 @@ def interleaved(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     specs = [spec for spec in VERDICT_SERVERS if runs_here(spec, cfg, ctx.features) is None]
     common: dict[str, Any] = {"method": ctx.chat.method, "body_file": ctx.chat.body_file}
-    runs: dict[str, list[float]] = {spec.name: [] for spec in specs}
     with ExitStack() as stack:
         servers = [stack.enter_context(serving(ctx, spec)) for spec in specs]
         for server in servers:
             warm(server, ctx.chat)
             load_briefly(ctx, server, ctx.chat.path, **common)
-        for round_number in range(cfg.verdict_rounds):
-            for server in servers:
-                result = measure(ctx, server, ctx.chat.path, connections=cfg.target_connections, repeat=1, **common)
-                runs[server.spec.name].append(round(result.rps, 1))
-                ctx.log(
-                    f"hits interleaved round {round_number + 1} {server.spec.name:15} "
-                    f"c={cfg.target_connections} {result.rps:8.0f} req/s"
-                )
-    return {
-        "connections": cfg.target_connections,
-        "rounds": cfg.verdict_rounds,
-        "runs": runs,
-        "median": {name: median(values) for name, values in runs.items() if values},
-    }
+        found = loaded_in_turn(ctx, servers, ctx.chat.path, "hits interleaved", **common)
+    return {"connections": cfg.target_connections, "rounds": cfg.verdict_rounds, **found}

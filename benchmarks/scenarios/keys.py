@@ -13,11 +13,10 @@ ceiling (which stores nothing: the host's speed alone) are also loaded in turn f
 from __future__ import annotations
 
 import time
-from statistics import median
 from typing import Any
 
-from benchmarks.scenarios.common import RunContext, load_briefly, measure, serving, warm
-from benchmarks.servers import CEILING, PIPELINED, PROXY, Server
+from benchmarks.scenarios.common import RunContext, load_briefly, loaded_in_turn, measure, serving, warm
+from benchmarks.servers import CEILING, PIPELINED, PROXY
 
 NAMESPACE = "ai_content:chat.completions"
 FILL_TTL_MS = 2 * 3600 * 1000
@@ -68,18 +67,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                     f"p99 {result.ms('p99'):7.2f} ms  other {result.extra['foreign_cpu']:.2f}"
                     f"  rss {result.extra['peak_rss'] / 2**20:.1f} MiB"
                 )
-            step["side_by_side"] = side_by_side(ctx, (proxy, ceiling), payload.path, common)
+            step["side_by_side"] = loaded_in_turn(ctx, (proxy, ceiling), payload.path, "keys  side by side", **common)
             results["data"][str(target)] = step
     ctx.redis.flush()
     return results
-
-
-def side_by_side(ctx: RunContext, servers: tuple[Server, ...], path: str, common: dict[str, Any]) -> dict[str, Any]:
-    """The servers loaded in turn, `verdict_rounds` rounds: each one's runs and their median."""
-    runs: dict[str, list[float]] = {server.spec.name: [] for server in servers}
-    for _ in range(ctx.cfg.verdict_rounds):
-        for server in servers:
-            result = measure(ctx, server, path, connections=ctx.cfg.target_connections, repeat=1, **common)
-            runs[server.spec.name].append(round(result.rps, 1))
-    ctx.log("keys  side by side " + ", ".join(f"{name} {values}" for name, values in runs.items()))
-    return {"runs": runs, "median": {name: median(values) for name, values in runs.items()}}
