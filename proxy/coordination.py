@@ -42,6 +42,10 @@ return redis.call('publish', ARGV[2], ARGV[3])
 """
 
 
+class _NoAnswer(ConnectionError):
+    """Redis did not answer a coalescing command within the command timeout."""
+
+
 class Lease:
     """A lock held by this process's leader flight; release it once the entry is stored or refused."""
 
@@ -112,7 +116,7 @@ class RedisCoordinator(Coordinator):
         try:
             return await asyncio.wait_for(asyncio.shield(command), self.command_timeout)
         except TimeoutError:
-            raise ConnectionError("Redis did not answer a coalescing command in time") from None
+            raise _NoAnswer("Redis did not answer a coalescing command in time") from None
 
     def lock_key(self, key: str) -> str:
         return self._lock_prefix + key
@@ -127,15 +131,22 @@ class RedisCoordinator(Coordinator):
             except (ConnectionError, OSError):
                 return Lease()  # fail open: lead without a lock
             return _RedisLease(self, key, token) if taken is not None else None
-        try:
-            taken = await self._bounded(self.client.set(self.lock_key(key), token, nx=True, px=lock_ttl_ms))
-            if not taken:
-                # A retried SET NX (a reply lost to a reconnect, a cluster redirect) answers "not set"
-                # when the first attempt did set it: the token says whose lock it is.
-                holder = await self._bounded(self.client.get(self.lock_key(key)))
-                taken = holder is not None and (holder if isinstance(holder, str) else holder.decode()) == token
-        except REDIS_FAILURES:
-            return Lease()  # fail open: lead without a lock
+        for attempt in range(2):
+            try:
+                taken = await self._bounded(self.client.set(self.lock_key(key), token, nx=True, px=lock_ttl_ms))
+                if not taken:
+                    # A retried SET NX (a reply lost to a reconnect, a cluster redirect, the second
+                    # attempt here) answers "not set" when an earlier one did set it: the token
+                    # says whose lock it is.
+                    holder = await self._bounded(self.client.get(self.lock_key(key)))
+                    taken = holder is not None and (holder if isinstance(holder, str) else holder.decode()) == token
+                break
+            except REDIS_FAILURES as exc:
+                # A fresh cluster client can fail its first commands under concurrency (its slot
+                # map loading, a connection still opening: seen as AttributeError on `writelines`):
+                # one more try. Twice, or no answer in time: Redis is in trouble, lead without a lock.
+                if attempt or isinstance(exc, _NoAnswer):
+                    return Lease()
         return _RedisLease(self, key, token) if taken else None
 
     async def wait_for(self, key: str, lookup: Callable[[], Awaitable[Entry | None]]) -> Entry | None:
